@@ -1,0 +1,10 @@
+import type { GenFile } from "@bufbuild/protobuf/codegenv2";
+import { file_kilocode_cloudagent_v1_rules } from "./gen/kilocode/cloudagent/v1/rules_pb.js";
+
+export * from "./gen/kilocode/cloudagent/v1/config_pb.js";
+export * from "./gen/kilocode/cloudagent/v1/rules_pb.js";
+export * from "./gen/kilocode/cloudagent/v1/session_pb.js";
+export * from "./gen/kilocode/cloudagent/v1/stream_pb.js";
+
+/** Files whose extensions (predefined validation rules) the validator must know. */
+export const validationRegistryFiles: GenFile[] = [file_kilocode_cloudagent_v1_rules];

@@ -1,0 +1,1 @@
+export * from "./gen/kilocode/sandbox/v1/sandbox_pb.js";

@@ -1,0 +1,1 @@
+export * from "./gen/kilocode/token/v1/token_pb.js";

@@ -1,0 +1,85 @@
+/**
+ * Makes sure the real services the tests need are installed and running, installing them
+ * on a fresh machine (see docs/testing.md). Idempotent and quick when all is there.
+ *
+ *   PostgreSQL 15: apt package `postgresql`, the Debian cluster 15/main on 127.0.0.1:5432,
+ *   user postgres with password postgres (TEST_DATABASE_URL overrides all of this).
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+
+const log = (msg: string) => console.error(`[ensure-services] ${msg}`);
+
+function run(cmd: string, args: string[], opts: { quiet?: boolean } = {}): void {
+  execFileSync(cmd, args, { stdio: opts.quiet ? "ignore" : ["ignore", "inherit", "inherit"] });
+}
+
+function ok(cmd: string, args: string[]): boolean {
+  return spawnSync(cmd, args, { stdio: "ignore" }).status === 0;
+}
+
+let aptUpdated = false;
+function aptInstall(...pkgs: string[]): void {
+  if (process.getuid?.() !== 0) {
+    throw new Error(`missing ${pkgs.join(", ")}: install them (apt-get install -y ${pkgs.join(" ")}) or run as root`);
+  }
+  if (!aptUpdated) {
+    log("apt-get update");
+    run("apt-get", ["update", "-q"], { quiet: true });
+    aptUpdated = true;
+  }
+  log(`apt-get install ${pkgs.join(" ")}`);
+  execFileSync("apt-get", ["install", "-y", "-q", "--no-install-recommends", ...pkgs], {
+    stdio: ["ignore", "ignore", "inherit"],
+    env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
+  });
+}
+
+function postgresVersion(): string | undefined {
+  if (!existsSync("/usr/lib/postgresql")) return undefined;
+  return readdirSync("/usr/lib/postgresql").find((v) => existsSync(`/usr/lib/postgresql/${v}/bin/postgres`));
+}
+
+function ensurePostgres(): void {
+  if (process.env.TEST_DATABASE_URL) return;
+  if (ok("pg_isready", ["-q", "-h", "127.0.0.1", "-p", "5432"]) && canLogin()) return;
+  let version = postgresVersion();
+  if (!version) {
+    aptInstall("postgresql");
+    version = postgresVersion();
+    if (!version) throw new Error("postgresql installed but no server binary found");
+  }
+  if (!ok("pg_isready", ["-q", "-h", "127.0.0.1", "-p", "5432"])) {
+    const clusters = execFileSync("pg_lsclusters", ["-h"], { encoding: "utf8" });
+    if (!clusters.split("\n").some((l) => l.startsWith(`${version} main`))) {
+      log(`creating cluster ${version}/main`);
+      run("pg_createcluster", [version, "main"]);
+    }
+    log(`starting PostgreSQL ${version}/main`);
+    run("pg_ctlcluster", ["--skip-systemctl-redirect", version, "main", "start"]);
+    for (let i = 0; i < 50 && !ok("pg_isready", ["-q", "-h", "127.0.0.1", "-p", "5432"]); i++) {
+      execFileSync("sleep", ["0.2"]);
+    }
+  }
+  if (!canLogin()) {
+    log("setting the test password of role postgres");
+    run("runuser", ["-u", "postgres", "--", "psql", "-q", "-c", "ALTER USER postgres PASSWORD 'postgres'"]);
+  }
+  if (!canLogin()) throw new Error("cannot log in to PostgreSQL at 127.0.0.1:5432 as postgres/postgres");
+}
+
+function canLogin(): boolean {
+  return (
+    spawnSync("psql", ["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-tAc", "select 1"], {
+      stdio: "ignore",
+      env: { ...process.env, PGPASSWORD: "postgres", PGCONNECT_TIMEOUT: "3" },
+    }).status === 0
+  );
+}
+
+try {
+  ensurePostgres();
+} catch (err) {
+  log(err instanceof Error ? err.message : String(err));
+  process.exit(1);
+}
