@@ -21,7 +21,9 @@ function ok(cmd: string, args: string[]): boolean {
 let aptUpdated = false;
 function aptInstall(...pkgs: string[]): void {
   if (process.getuid?.() !== 0) {
-    throw new Error(`missing ${pkgs.join(", ")}: install them (apt-get install -y ${pkgs.join(" ")}) or run as root`);
+    throw new Error(
+      `missing ${pkgs.join(", ")}: install them (apt-get install -y ${pkgs.join(" ")}) or run as root`,
+    );
   }
   if (!aptUpdated) {
     log("apt-get update");

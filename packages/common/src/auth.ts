@@ -1,9 +1,8 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import { Code, ConnectError, createContextKey } from "@connectrpc/connect";
+import { Code, ConnectError, type ContextValues, createContextKey } from "@connectrpc/connect";
 import {
   createLocalJWKSet,
   createRemoteJWKSet,
-  errors as joseErrors,
   exportPKCS8,
   exportSPKI,
   generateKeyPair,
@@ -11,6 +10,7 @@ import {
   importSPKI,
   type JWTPayload,
   type JWTVerifyGetKey,
+  errors as joseErrors,
   jwtVerify,
   SignJWT,
 } from "jose";
@@ -23,9 +23,11 @@ export interface Identity {
 }
 
 /** Where handlers find the caller's identity (set by the auth interceptor). */
-export const identityKey = createContextKey<Identity | undefined>(undefined, { description: "caller identity" });
+export const identityKey = createContextKey<Identity | undefined>(undefined, {
+  description: "caller identity",
+});
 
-export function requireIdentity(values: { get<T>(key: { id: symbol; defaultValue: T }): T }): Identity {
+export function requireIdentity(values: ContextValues): Identity {
   const id = values.get(identityKey);
   if (!id) throw new ConnectError("missing caller identity", Code.Unauthenticated);
   return id;
@@ -68,7 +70,18 @@ export interface UserTokenConfig {
   clockToleranceSeconds?: number;
 }
 
-const ASYMMETRIC_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
+const ASYMMETRIC_ALGS = [
+  "RS256",
+  "RS384",
+  "RS512",
+  "PS256",
+  "PS384",
+  "PS512",
+  "ES256",
+  "ES384",
+  "ES512",
+  "EdDSA",
+];
 
 export type UserTokenVerifier = (token: string) => Promise<{ userId: string; claims: JWTPayload }>;
 
@@ -83,7 +96,8 @@ export function createUserTokenVerifier(cfg: UserTokenConfig): UserTokenVerifier
   let key: Uint8Array | JWTVerifyGetKey;
   let algorithms: string[];
   if (cfg.hs256Secret !== undefined) {
-    if (Buffer.byteLength(cfg.hs256Secret) < 32) throw new Error("the HS256 secret must be at least 32 bytes");
+    if (Buffer.byteLength(cfg.hs256Secret) < 32)
+      throw new Error("the HS256 secret must be at least 32 bytes");
     key = new TextEncoder().encode(cfg.hs256Secret);
     algorithms = ["HS256"];
   } else if (cfg.jwksUrl !== undefined) {
@@ -106,7 +120,13 @@ export function createUserTokenVerifier(cfg: UserTokenConfig): UserTokenVerifier
       ({ payload } =
         typeof key === "function" ? await jwtVerify(token, key, opts) : await jwtVerify(token, key, opts));
     } catch (err) {
-      throw new ConnectError(describeJoseError(err, "bearer token"), Code.Unauthenticated, undefined, undefined, err);
+      throw new ConnectError(
+        describeJoseError(err, "bearer token"),
+        Code.Unauthenticated,
+        undefined,
+        undefined,
+        err,
+      );
     }
     const userId = payload[claim];
     if (typeof userId !== "string" || userId === "" || userId.length > 256) {
@@ -119,7 +139,8 @@ export function createUserTokenVerifier(cfg: UserTokenConfig): UserTokenVerifier
 /** A short reason that is safe to show (never the token or key material). */
 export function describeJoseError(err: unknown, what: string): string {
   if (err instanceof joseErrors.JWTExpired) return `${what} has expired`;
-  if (err instanceof joseErrors.JWTClaimValidationFailed) return `${what} has an invalid "${err.claim}" claim`;
+  if (err instanceof joseErrors.JWTClaimValidationFailed)
+    return `${what} has an invalid "${err.claim}" claim`;
   if (err instanceof joseErrors.JOSEAlgNotAllowed) return `${what} uses an algorithm that is not accepted`;
   if (err instanceof joseErrors.JWSSignatureVerificationFailed) return `${what} signature is invalid`;
   if (err instanceof joseErrors.JWKSNoMatchingKey) return `${what} is signed with an unknown key`;
@@ -168,7 +189,10 @@ export async function createServiceTokenSigner(privateKeyPem: string): Promise<S
 
 export type ServiceTokenVerifier = (token: string) => Promise<ServiceTokenClaims>;
 
-export async function createServiceTokenVerifier(publicKeyPem: string, audience: string): Promise<ServiceTokenVerifier> {
+export async function createServiceTokenVerifier(
+  publicKeyPem: string,
+  audience: string,
+): Promise<ServiceTokenVerifier> {
   const key = await importSPKI(publicKeyPem, "EdDSA");
   return async (token) => {
     try {
@@ -187,7 +211,13 @@ export async function createServiceTokenVerifier(publicKeyPem: string, audience:
         ...(typeof payload.uth === "string" ? { userTokenHash: payload.uth } : {}),
       };
     } catch (err) {
-      throw new ConnectError(describeJoseError(err, "service token"), Code.Unauthenticated, undefined, undefined, err);
+      throw new ConnectError(
+        describeJoseError(err, "service token"),
+        Code.Unauthenticated,
+        undefined,
+        undefined,
+        err,
+      );
     }
   };
 }

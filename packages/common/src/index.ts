@@ -1,4 +1,5 @@
 export * from "./auth.js";
+export * from "./auth-interceptors.js";
 export * from "./config.js";
 export * from "./ids.js";
 export * from "./interceptors.js";

@@ -1,5 +1,5 @@
 import { createRegistry } from "@bufbuild/protobuf";
-import { createValidator, violationsToProto, type Validator } from "@bufbuild/protovalidate";
+import { createValidator, type Validator, violationsToProto } from "@bufbuild/protovalidate";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { validationRegistryFiles } from "@kilo-cloud/proto";
 import { Counter, Histogram, type Registry } from "prom-client";
@@ -19,11 +19,20 @@ const MAX_VIOLATIONS_IN_MESSAGE = 10;
  * attached as a `buf.validate.Violations` detail.
  */
 export function createValidationInterceptor(validator: Validator = createApiValidator()): Interceptor {
-  const check = (desc: Parameters<Validator["validate"]>[0], message: Parameters<Validator["validate"]>[1]) => {
+  const check = (
+    desc: Parameters<Validator["validate"]>[0],
+    message: Parameters<Validator["validate"]>[1],
+  ) => {
     const result = validator.validate(desc, message);
     if (result.kind === "valid") return;
     if (result.kind === "error") {
-      throw new ConnectError("request could not be validated", Code.Internal, undefined, undefined, result.error);
+      throw new ConnectError(
+        "request could not be validated",
+        Code.Internal,
+        undefined,
+        undefined,
+        result.error,
+      );
     }
     const parts = result.violations.slice(0, MAX_VIOLATIONS_IN_MESSAGE).map((v) => v.toString());
     const more = result.violations.length - parts.length;
@@ -82,7 +91,9 @@ export function createObservabilityInterceptor(logger: Logger, registry: Registr
         rpc: `${req.service.typeName}/${req.method.name}`,
         code: Code[ce.code],
         msg: ce.rawMessage,
-        ...(serverFault ? { cause: ce.cause instanceof Error ? ce.cause.message : String(ce.cause ?? "") } : {}),
+        ...(serverFault
+          ? { cause: ce.cause instanceof Error ? ce.cause.message : String(ce.cause ?? "") }
+          : {}),
       };
       if (serverFault) logger.error(fields, "rpc failed");
       else logger.info(fields, "rpc refused");

@@ -6,7 +6,10 @@ import type { Logger } from "./logger.js";
 export type Pool = pg.Pool;
 export type PoolClient = pg.PoolClient;
 
-export function createPool(connectionString: string, opts: { max?: number; applicationName?: string } = {}): pg.Pool {
+export function createPool(
+  connectionString: string,
+  opts: { max?: number; applicationName?: string } = {},
+): pg.Pool {
   const pool = new pg.Pool({
     connectionString,
     max: opts.max ?? 10,
@@ -24,12 +27,17 @@ export function createPool(connectionString: string, opts: { max?: number; appli
  * recording them in `<schema>.schemaversion`. Safe to run from several replicas at once:
  * a session-level advisory lock serialises them.
  */
-export async function migrate(pool: pg.Pool, opts: { schema: string; dir: string; logger?: Logger }): Promise<number> {
+export async function migrate(
+  pool: pg.Pool,
+  opts: { schema: string; dir: string; logger?: Logger },
+): Promise<number> {
   if (!/^[a-z_][a-z0-9_]*$/.test(opts.schema)) throw new Error(`bad schema name ${opts.schema}`);
   const client = await pool.connect();
   try {
     await client.query("SELECT pg_advisory_lock(hashtext($1))", [`kilo-cloud-migrate:${opts.schema}`]);
     await client.query(`CREATE SCHEMA IF NOT EXISTS ${opts.schema}`);
+    // Migration files name their tables without a schema: they land in opts.schema.
+    await client.query(`SET search_path TO ${opts.schema}`);
     const files = (await readdir(opts.dir)).filter((f) => f.endsWith(".sql"));
     const postgrator = new Postgrator({
       migrationPattern: `${opts.dir}/*.sql`,
@@ -40,11 +48,17 @@ export async function migrate(pool: pg.Pool, opts: { schema: string; dir: string
     });
     const applied = await postgrator.migrate();
     if (applied.length > 0) {
-      opts.logger?.info({ schema: opts.schema, applied: applied.map((m) => m.name), available: files.length }, "migrated");
+      opts.logger?.info(
+        { schema: opts.schema, applied: applied.map((m) => m.name), available: files.length },
+        "migrated",
+      );
     }
     return applied.length;
   } finally {
-    await client.query("SELECT pg_advisory_unlock(hashtext($1))", [`kilo-cloud-migrate:${opts.schema}`]).catch(() => {});
+    await client.query("RESET search_path").catch(() => {});
+    await client
+      .query("SELECT pg_advisory_unlock(hashtext($1))", [`kilo-cloud-migrate:${opts.schema}`])
+      .catch(() => {});
     client.release();
   }
 }

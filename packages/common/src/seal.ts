@@ -69,7 +69,9 @@ export class Sealer {
     decipher.setAAD(Buffer.from(context, "utf8"));
     decipher.setAuthTag(raw.subarray(raw.length - 16));
     try {
-      return Buffer.concat([decipher.update(raw.subarray(12, raw.length - 16)), decipher.final()]).toString("utf8");
+      return Buffer.concat([decipher.update(raw.subarray(12, raw.length - 16)), decipher.final()]).toString(
+        "utf8",
+      );
     } catch {
       throw new SealError("sealed value does not open (wrong key, context or tampered)");
     }

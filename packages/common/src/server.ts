@@ -35,7 +35,9 @@ export interface ServiceHandlerOptions {
  * reachable), `/metrics` (Prometheus), extra HTTP routes, then Connect, gRPC and gRPC-Web
  * for the service's RPCs.
  */
-export function createServiceHandler(opts: ServiceHandlerOptions): (req: NodeRequest, res: NodeResponse) => void {
+export function createServiceHandler(
+  opts: ServiceHandlerOptions,
+): (req: NodeRequest, res: NodeResponse) => void {
   const adapter = connectNodeAdapter({
     routes: opts.routes,
     interceptors: opts.interceptors,
@@ -95,7 +97,10 @@ export async function listen(
   handler: (req: NodeRequest, res: NodeResponse) => void,
   opts: { port: number; host?: string },
 ): Promise<RunningServer> {
-  const h1 = createHttp1Server({ keepAliveTimeout: 65_000 }, handler as (req: IncomingMessage, res: ServerResponse) => void);
+  const h1 = createHttp1Server(
+    { keepAliveTimeout: 65_000 },
+    handler as (req: IncomingMessage, res: ServerResponse) => void,
+  );
   const h2 = createHttp2Server({}, handler as (req: Http2ServerRequest, res: Http2ServerResponse) => void);
   const sockets = new Set<Socket>();
   const sessions = new Set<Http2Session>();
@@ -107,13 +112,18 @@ export async function listen(
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
     socket.once("readable", () => {
-      const head: Buffer | null = socket.read(Math.min(socket.readableLength, H2_PREFACE.length)) ?? socket.read();
+      const head: Buffer | null =
+        socket.read(Math.min(socket.readableLength, H2_PREFACE.length)) ?? socket.read();
       if (!head) {
         socket.destroy();
         return;
       }
       socket.unshift(head);
-      const isH2 = head.length >= 3 && H2_PREFACE.subarray(0, Math.min(head.length, H2_PREFACE.length)).equals(head.subarray(0, Math.min(head.length, H2_PREFACE.length)));
+      const isH2 =
+        head.length >= 3 &&
+        H2_PREFACE.subarray(0, Math.min(head.length, H2_PREFACE.length)).equals(
+          head.subarray(0, Math.min(head.length, H2_PREFACE.length)),
+        );
       (isH2 ? h2 : h1).emit("connection", socket);
     });
   });

@@ -1,0 +1,3 @@
+export { type GatewayConfig, loadGatewayConfig } from "./config.js";
+export { createStreamTickets, STREAM_TICKET_TTL_SECONDS } from "./handlers/stream-tickets.js";
+export { createGateway, type GatewayApp, type GatewayDeps } from "./server.js";

@@ -1,0 +1,365 @@
+import { create, toJson } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import {
+  inTransaction,
+  internalError,
+  newExecutionId,
+  newKiloSessionId,
+  newSessionId,
+  type Pool,
+  requireIdentity,
+  type Sealer,
+  userTokenKey,
+} from "@kilo-cloud/common";
+import {
+  CallbackTargetSchema,
+  type EncryptedSecret,
+  ExecutionStatus,
+  McpServerSchema,
+  type PrepareSessionRequest,
+  SessionField,
+  type SessionInfo,
+  SessionInfoSchema,
+  type SessionService,
+  SessionState,
+  type UpdateSessionRequest,
+} from "@kilo-cloud/proto";
+import {
+  deleteSession,
+  findSession,
+  firstExecution,
+  insertExecution,
+  insertSession,
+  markInitiated,
+  type NewSession,
+  type SessionChanges,
+  type SessionRow,
+  updateSession,
+} from "../db/sessions.js";
+
+export interface SessionHandlerDeps {
+  pool: Pool;
+  sealer: Sealer;
+}
+
+/** The sealing context binds a sealed value to its session and column. */
+export const sealContext = (sessionId: string, column: string) => `session:${sessionId}:${column}`;
+
+function notFound(id: string): ConnectError {
+  return new ConnectError(`session ${id} not found`, Code.NotFound);
+}
+
+function unimplemented(what: string): never {
+  throw new ConnectError(`${what} is not available yet`, Code.Unimplemented);
+}
+
+/** Another user's session is answered exactly like a missing one. */
+function owned(row: SessionRow | undefined, id: string, userId: string): SessionRow {
+  if (!row || row.user_id !== userId) throw notFound(id);
+  return row;
+}
+
+function secretsToJson(values: Record<string, EncryptedSecret>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(values)) {
+    out[k] = {
+      encryptedData: v.encryptedData,
+      encryptedDEK: v.encryptedDek,
+      algorithm: v.algorithm,
+      version: v.version,
+    };
+  }
+  return out;
+}
+
+/** The sealed form of each collection: null when empty (a cleared collection keeps no ciphertext). */
+function sealCollections(
+  sealer: Sealer,
+  id: string,
+  req: Pick<PrepareSessionRequest, "envVars" | "setupCommands" | "mcpServers" | "encryptedSecrets">,
+): SessionChanges {
+  const changes: SessionChanges = {};
+  if (req.envVars) {
+    const n = Object.keys(req.envVars.values).length;
+    changes.env_var_count = n;
+    changes.env_vars_sealed = n > 0 ? sealer.sealJson(req.envVars.values, sealContext(id, "env_vars")) : null;
+  }
+  if (req.setupCommands) {
+    const n = req.setupCommands.values.length;
+    changes.setup_command_count = n;
+    changes.setup_commands_sealed =
+      n > 0 ? sealer.sealJson(req.setupCommands.values, sealContext(id, "setup_commands")) : null;
+  }
+  if (req.mcpServers) {
+    const entries = Object.entries(req.mcpServers.values);
+    changes.mcp_server_count = entries.length;
+    changes.mcp_servers_sealed =
+      entries.length > 0
+        ? sealer.sealJson(
+            Object.fromEntries(entries.map(([k, v]) => [k, toJson(McpServerSchema, v)])),
+            sealContext(id, "mcp_servers"),
+          )
+        : null;
+  }
+  if (req.encryptedSecrets) {
+    changes.encrypted_secrets = secretsToJson(req.encryptedSecrets.values);
+  }
+  return changes;
+}
+
+function sealToken(sealer: Sealer, id: string, column: string, token: string | undefined): string | null {
+  return token === undefined ? null : sealer.seal(token, sealContext(id, column));
+}
+
+function newSessionRow(
+  deps: SessionHandlerDeps,
+  ids: { id: string; kiloSessionId: string },
+  userId: string,
+  kiloToken: string | undefined,
+  req: PrepareSessionRequest,
+): NewSession {
+  const { sealer } = deps;
+  const { id } = ids;
+  const collections = sealCollections(sealer, id, req);
+  return {
+    id,
+    kilo_session_id: ids.kiloSessionId,
+    user_id: userId,
+    org_id: req.kilocodeOrganizationId ?? null,
+    bot_id: req.botId ?? null,
+    github_repo: req.repository.case === "githubRepo" ? req.repository.value : null,
+    git_url: req.repository.case === "gitUrl" ? req.repository.value : null,
+    prompt: req.prompt,
+    mode: req.mode,
+    model: req.model,
+    auto_commit: req.autoCommit ?? null,
+    upstream_branch: req.upstreamBranch ?? null,
+    github_token_sealed: sealToken(sealer, id, "github_token", req.githubToken),
+    git_token_sealed: sealToken(sealer, id, "git_token", req.gitToken),
+    kilo_token_sealed: sealToken(sealer, id, "kilo_token", kiloToken),
+    env_vars_sealed: collections.env_vars_sealed ?? null,
+    env_var_count: collections.env_var_count ?? 0,
+    encrypted_secrets: collections.encrypted_secrets ?? {},
+    setup_commands_sealed: collections.setup_commands_sealed ?? null,
+    setup_command_count: collections.setup_command_count ?? 0,
+    mcp_servers_sealed: collections.mcp_servers_sealed ?? null,
+    mcp_server_count: collections.mcp_server_count ?? 0,
+    callback_target_sealed: req.callbackTarget
+      ? sealer.sealJson(toJson(CallbackTargetSchema, req.callbackTarget), sealContext(id, "callback_target"))
+      : null,
+  };
+}
+
+/** The sanitized view: counts, flags and metadata; never a token, secret or env value. */
+export function sessionInfo(row: SessionRow): SessionInfo {
+  return create(SessionInfoSchema, {
+    cloudAgentSessionId: row.id,
+    kiloSessionId: row.kilo_session_id,
+    userId: row.user_id,
+    ...(row.org_id !== null ? { orgId: row.org_id } : {}),
+    ...(row.bot_id !== null ? { botId: row.bot_id } : {}),
+    ...(row.github_repo !== null ? { githubRepo: row.github_repo } : {}),
+    ...(row.git_url !== null ? { gitUrl: row.git_url } : {}),
+    prompt: row.prompt,
+    ...(row.mode !== null ? { mode: row.mode } : {}),
+    ...(row.model !== null ? { model: row.model } : {}),
+    ...(row.auto_commit !== null ? { autoCommit: row.auto_commit } : {}),
+    ...(row.upstream_branch !== null ? { upstreamBranch: row.upstream_branch } : {}),
+    envVarCount: row.env_var_count,
+    encryptedSecretCount: Object.keys(row.encrypted_secrets).length,
+    setupCommandCount: row.setup_command_count,
+    mcpServerCount: row.mcp_server_count,
+    hasCallbackTarget: row.callback_target_sealed !== null,
+    hasGithubToken: row.github_token_sealed !== null,
+    hasGitToken: row.git_token_sealed !== null,
+    state: row.state === "prepared" ? SessionState.PREPARED : SessionState.INITIATED,
+    preparedAt: timestampFromDate(row.prepared_at),
+    ...(row.initiated_at ? { initiatedAt: timestampFromDate(row.initiated_at) } : {}),
+    updatedAt: timestampFromDate(row.updated_at),
+    version: BigInt(row.version),
+  });
+}
+
+/** The column changes of an UpdateSession request (absent = unchanged, clear = null). */
+function updateChanges(sealer: Sealer, req: UpdateSessionRequest): SessionChanges {
+  const id = req.cloudAgentSessionId;
+  const clear = new Set(req.clear);
+  const changes: SessionChanges = sealCollections(sealer, id, req);
+  if (req.mode !== undefined) changes.mode = req.mode;
+  if (clear.has(SessionField.MODE)) changes.mode = null;
+  if (req.model !== undefined) changes.model = req.model;
+  if (clear.has(SessionField.MODEL)) changes.model = null;
+  if (req.autoCommit !== undefined) changes.auto_commit = req.autoCommit;
+  if (clear.has(SessionField.AUTO_COMMIT)) changes.auto_commit = null;
+  if (req.githubToken !== undefined)
+    changes.github_token_sealed = sealToken(sealer, id, "github_token", req.githubToken);
+  if (clear.has(SessionField.GITHUB_TOKEN)) changes.github_token_sealed = null;
+  if (req.gitToken !== undefined) changes.git_token_sealed = sealToken(sealer, id, "git_token", req.gitToken);
+  if (clear.has(SessionField.GIT_TOKEN)) changes.git_token_sealed = null;
+  return changes;
+}
+
+export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof SessionService> {
+  const { pool } = deps;
+
+  const db = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof ConnectError) throw err;
+      throw internalError(`could not ${what}`, err);
+    }
+  };
+
+  const prepare = async (
+    ctx: HandlerContext,
+    req: PrepareSessionRequest,
+    ids: { id: string; kiloSessionId: string },
+  ): Promise<SessionRow | undefined> => {
+    const { userId } = requireIdentity(ctx.values);
+    const row = newSessionRow(deps, ids, userId, ctx.values.get(userTokenKey), req);
+    return db("store the session", () => insertSession(pool, row));
+  };
+
+  return {
+    async prepareSession(req, ctx) {
+      const ids = { id: newSessionId(), kiloSessionId: newKiloSessionId() };
+      const row = await prepare(ctx, req, ids);
+      if (!row)
+        throw internalError("could not store the session", new Error("generated session id collided"));
+      return {
+        cloudAgentSessionId: row.id,
+        kiloSessionId: row.kilo_session_id,
+        version: BigInt(row.version),
+      };
+    },
+
+    async prepareLegacySession(req, ctx) {
+      const { userId } = requireIdentity(ctx.values);
+      if (!req.session) throw new ConnectError("session is required", Code.InvalidArgument);
+      const ids = { id: req.cloudAgentSessionId, kiloSessionId: req.kiloSessionId };
+      const row = await prepare(ctx, req.session, ids);
+      if (!row) {
+        const existing = await db("read the session", () => findSession(pool, ids.id));
+        owned(existing, ids.id, userId);
+        throw new ConnectError(`session ${ids.id} is already prepared`, Code.AlreadyExists);
+      }
+      return {
+        cloudAgentSessionId: row.id,
+        kiloSessionId: row.kilo_session_id,
+        version: BigInt(row.version),
+      };
+    },
+
+    async updateSession(req, ctx) {
+      const { userId } = requireIdentity(ctx.values);
+      const id = req.cloudAgentSessionId;
+      const changes = updateChanges(deps.sealer, req);
+      const row = await db("update the session", () =>
+        inTransaction(pool, async (tx) => {
+          const current = owned(await findSession(tx, id, { forUpdate: true }), id, userId);
+          if (current.state !== "prepared") {
+            throw new ConnectError(
+              `session ${id} has been initiated; only prepared sessions can be updated`,
+              Code.FailedPrecondition,
+            );
+          }
+          if (req.expectedVersion !== undefined && BigInt(current.version) !== req.expectedVersion) {
+            throw new ConnectError(
+              `session ${id} is at version ${current.version}, not ${req.expectedVersion}; read it again and retry`,
+              Code.Aborted,
+            );
+          }
+          if (Object.keys(changes).length === 0) return current;
+          return updateSession(tx, id, changes);
+        }),
+      );
+      return { session: sessionInfo(row) };
+    },
+
+    async getSession(req, ctx) {
+      const { userId } = requireIdentity(ctx.values);
+      const row = owned(
+        await db("read the session", () => findSession(pool, req.cloudAgentSessionId)),
+        req.cloudAgentSessionId,
+        userId,
+      );
+      return { session: sessionInfo(row) };
+    },
+
+    async deleteSession(req, ctx) {
+      const { userId } = requireIdentity(ctx.values);
+      const deleted = await db("delete the session", () =>
+        deleteSession(pool, req.cloudAgentSessionId, userId),
+      );
+      if (!deleted) throw notFound(req.cloudAgentSessionId);
+      return {};
+    },
+
+    async initiateSession(req, ctx) {
+      const { userId } = requireIdentity(ctx.values);
+      const id = req.cloudAgentSessionId;
+      const kiloToken = ctx.values.get(userTokenKey);
+      const execution = await db("initiate the session", () =>
+        inTransaction(pool, async (tx) => {
+          const row = owned(await findSession(tx, id, { forUpdate: true }), id, userId);
+          if (row.state === "initiated") {
+            const first = await firstExecution(tx, id);
+            if (first) return first;
+          }
+          if (!row.model) {
+            throw new ConnectError(
+              `session ${id} has no model; set one with UpdateSession`,
+              Code.FailedPrecondition,
+            );
+          }
+          const created = await insertExecution(tx, {
+            id: newExecutionId(),
+            session_id: id,
+            prompt: row.prompt,
+            mode: row.mode ?? "code",
+            model: row.model,
+          });
+          await markInitiated(tx, id);
+          // The caller's current token replaces the one kept at prepare time (tokens rotate).
+          if (kiloToken)
+            await updateSession(tx, id, {
+              kilo_token_sealed: sealToken(deps.sealer, id, "kilo_token", kiloToken),
+            });
+          return created;
+        }),
+      );
+      return {
+        cloudAgentSessionId: id,
+        executionId: execution.id,
+        status: execution.status === "queued" ? ExecutionStatus.QUEUED : ExecutionStatus.STARTED,
+        streamUrl: `/stream?cloudAgentSessionId=${id}`,
+      };
+    },
+
+    async sendMessage(req, ctx) {
+      const { userId } = requireIdentity(ctx.values);
+      owned(
+        await db("read the session", () => findSession(pool, req.cloudAgentSessionId)),
+        req.cloudAgentSessionId,
+        userId,
+      );
+      return unimplemented("SendMessage");
+    },
+
+    async interruptSession(req, ctx) {
+      const { userId } = requireIdentity(ctx.values);
+      owned(
+        await db("read the session", () => findSession(pool, req.cloudAgentSessionId)),
+        req.cloudAgentSessionId,
+        userId,
+      );
+      return unimplemented("InterruptSession");
+    },
+
+    createStreamTicket: () => {
+      throw new ConnectError("stream tickets are issued by the gateway", Code.Unimplemented);
+    },
+  };
+}
