@@ -42,7 +42,7 @@ function postgresVersion(): string | undefined {
   return readdirSync("/usr/lib/postgresql").find((v) => existsSync(`/usr/lib/postgresql/${v}/bin/postgres`));
 }
 
-function ensurePostgres(): void {
+export function ensurePostgres(): void {
   if (process.env.TEST_DATABASE_URL) return;
   if (ok("pg_isready", ["-q", "-h", "127.0.0.1", "-p", "5432"]) && canLogin()) return;
   let version = postgresVersion();
@@ -79,9 +79,11 @@ function canLogin(): boolean {
   );
 }
 
-try {
-  ensurePostgres();
-} catch (err) {
-  log(err instanceof Error ? err.message : String(err));
-  process.exit(1);
+if (import.meta.url === `file://${process.argv[1]}`) {
+  try {
+    ensurePostgres();
+  } catch (err) {
+    log(err instanceof Error ? err.message : String(err));
+    process.exit(1);
+  }
 }
