@@ -4,9 +4,18 @@
  *
  *   PostgreSQL 15: apt package `postgresql`, the Debian cluster 15/main on 127.0.0.1:5432,
  *   user postgres with password postgres (TEST_DATABASE_URL overrides all of this).
+ *   nats-server 2.12 (JetStream): built once with `go install` into the tools cache
+ *   (tests start their own servers on free ports; Debian's 2.9 is too old).
+ *   bubblewrap: apt package `bubblewrap`, for the local sandbox driver.
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
+
+export const NATS_SERVER_VERSION = "v2.12.1";
+/** Where tools built for the project are kept between runs. */
+export const TOOLS_DIR = join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "kilo-cloud", "bin");
 
 const log = (msg: string) => console.error(`[ensure-services] ${msg}`);
 
@@ -79,9 +88,34 @@ function canLogin(): boolean {
   );
 }
 
+/** Builds nats-server into TOOLS_DIR unless that version is already there. */
+export function ensureNatsServer(): string {
+  if (process.env.NATS_SERVER_BIN) return process.env.NATS_SERVER_BIN;
+  const bin = join(TOOLS_DIR, "nats-server");
+  const version = spawnSync(bin, ["--version"], { encoding: "utf8" }).stdout ?? "";
+  if (version.includes(NATS_SERVER_VERSION)) return bin;
+  if (spawnSync("go", ["version"], { stdio: "ignore" }).status !== 0) {
+    throw new Error("Go is needed to build nats-server (go install); or set NATS_SERVER_BIN");
+  }
+  log(`building nats-server ${NATS_SERVER_VERSION} (go install, once)`);
+  execFileSync("go", ["install", `github.com/nats-io/nats-server/v2@${NATS_SERVER_VERSION}`], {
+    stdio: ["ignore", "ignore", "inherit"],
+    env: { ...process.env, GOBIN: TOOLS_DIR, CGO_ENABLED: "0" },
+    cwd: homedir(),
+  });
+  return bin;
+}
+
+export function ensureBubblewrap(): void {
+  if (ok("bwrap", ["--version"])) return;
+  aptInstall("bubblewrap");
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
   try {
     ensurePostgres();
+    ensureNatsServer();
+    ensureBubblewrap();
   } catch (err) {
     log(err instanceof Error ? err.message : String(err));
     process.exit(1);

@@ -90,7 +90,8 @@ export function createObservabilityInterceptor(logger: Logger, registry: Registr
       const fields = {
         rpc: `${req.service.typeName}/${req.method.name}`,
         code: Code[ce.code],
-        msg: ce.rawMessage,
+        // Not `msg`: pino writes its own `msg` after the fields, and JSON parsers keep the last.
+        error: ce.rawMessage,
         ...(serverFault
           ? { cause: ce.cause instanceof Error ? ce.cause.message : String(ce.cause ?? "") }
           : {}),

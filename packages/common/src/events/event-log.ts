@@ -1,0 +1,47 @@
+import type { Event } from "@kilo-cloud/proto";
+
+/** The `streamEventType` of an event, as used in subjects and filters. */
+export type EventTypeName = NonNullable<Event["payload"]["case"]>;
+
+export const TERMINAL_EVENT_TYPES: readonly EventTypeName[] = ["complete", "error", "interrupted"];
+
+export interface PublishInput {
+  /** The event; its `id` is ignored (the log assigns ids). */
+  event: Event;
+  /**
+   * Idempotency key, `<executionId>:<n>`: publishing the same key twice within the log's
+   * duplicate window stores one event.
+   */
+  msgId: string;
+}
+
+export interface PublishResult {
+  id: bigint;
+  duplicate: boolean;
+}
+
+export interface ReadOptions {
+  /** Deliver events with an id greater than this one; from the oldest retained when absent. */
+  fromId?: bigint;
+  /** Stop after the stored events instead of following live ones. */
+  storedOnly?: boolean;
+  signal?: AbortSignal;
+}
+
+/**
+ * The append-only log of every session's events. Ids are strictly increasing within a
+ * session. Reading delivers the stored events after `fromId` and then live ones, from one
+ * cursor, so there is no gap and no duplicate at the hand-over. A `fromId` older than what
+ * the log still holds fails with OUT_OF_RANGE rather than skipping silently.
+ */
+export interface EventLog {
+  publish(input: PublishInput): Promise<PublishResult>;
+  read(sessionId: string, opts?: ReadOptions): AsyncIterable<Event>;
+  close(): Promise<void>;
+}
+
+export function eventTypeOf(event: Event): EventTypeName {
+  const t = event.payload.case;
+  if (!t) throw new Error("event has no payload");
+  return t;
+}

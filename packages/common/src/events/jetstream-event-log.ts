@@ -1,0 +1,162 @@
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { type Event, EventSchema } from "@kilo-cloud/proto";
+import {
+  DeliverPolicy,
+  DiscardPolicy,
+  JetStreamApiError,
+  type JetStreamClient,
+  type JetStreamManager,
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+  type StreamConfig,
+} from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { connect } from "@nats-io/transport-node";
+import {
+  type EventLog,
+  eventTypeOf,
+  type PublishInput,
+  type PublishResult,
+  type ReadOptions,
+} from "./event-log.js";
+
+export interface JetStreamEventLogOptions {
+  servers: string | string[];
+  /** Stream name (default KILO_EVENTS). */
+  stream?: string;
+  /** Subject prefix (default kilo.events): subjects are `<prefix>.<sessionId>.<type>`. */
+  subjectPrefix?: string;
+  /** Retention by age (default 7 days). */
+  maxAgeMs?: number;
+  /** Retention by size (default 10 GiB). */
+  maxBytes?: number;
+  /** Window in which a repeated message id is dropped (default 2 minutes). */
+  duplicateWindowMs?: number;
+  replicas?: number;
+  name?: string;
+}
+
+const NS = 1_000_000;
+
+/** The JetStream stream configuration derived from the options (file storage, limits). */
+export function streamConfig(opts: JetStreamEventLogOptions): Partial<StreamConfig> & { name: string } {
+  const prefix = opts.subjectPrefix ?? "kilo.events";
+  return {
+    name: opts.stream ?? "KILO_EVENTS",
+    subjects: [`${prefix}.>`],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    discard: DiscardPolicy.Old,
+    max_age: (opts.maxAgeMs ?? 7 * 24 * 3600 * 1000) * NS,
+    max_bytes: opts.maxBytes ?? 10 * 1024 ** 3,
+    duplicate_window: (opts.duplicateWindowMs ?? 120_000) * NS,
+    num_replicas: opts.replicas ?? 1,
+  };
+}
+
+/**
+ * Creates the stream, or brings an existing one to the configured limits. Safe to run
+ * from every replica at every start.
+ */
+export async function provisionStream(jsm: JetStreamManager, opts: JetStreamEventLogOptions): Promise<void> {
+  const cfg = streamConfig(opts);
+  try {
+    await jsm.streams.info(cfg.name);
+    await jsm.streams.update(cfg.name, cfg);
+  } catch (err) {
+    if (err instanceof JetStreamApiError && err.status === 404) {
+      await jsm.streams.add(cfg);
+      return;
+    }
+    // Another replica may have created it between our two calls.
+    if (err instanceof JetStreamApiError && /already in use/i.test(err.message)) return;
+    throw err;
+  }
+}
+
+export class JetStreamEventLog implements EventLog {
+  private constructor(
+    readonly nc: NatsConnection,
+    private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
+    private readonly opts: JetStreamEventLogOptions,
+  ) {}
+
+  static async connect(opts: JetStreamEventLogOptions): Promise<JetStreamEventLog> {
+    const nc = await connect({
+      servers: opts.servers,
+      name: opts.name ?? "kilo-cloud",
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+    });
+    const jsm = await jetstreamManager(nc);
+    await provisionStream(jsm, opts);
+    return new JetStreamEventLog(nc, jetstream(nc), jsm, opts);
+  }
+
+  get streamName(): string {
+    return this.opts.stream ?? "KILO_EVENTS";
+  }
+
+  subject(sessionId: string, type: string): string {
+    return `${this.opts.subjectPrefix ?? "kilo.events"}.${sessionId}.${type}`;
+  }
+
+  async publish({ event, msgId }: PublishInput): Promise<PublishResult> {
+    const subject = this.subject(event.cloudAgentSessionId, eventTypeOf(event));
+    const data = toBinary(EventSchema, { ...event, id: 0n });
+    // Retried until the server answers: with the message id, a retry after a lost ack
+    // stores nothing twice.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const ack = await this.js.publish(subject, data, { msgID: msgId, timeout: 5_000 });
+        return { id: BigInt(ack.seq), duplicate: ack.duplicate };
+      } catch (err) {
+        if (attempt >= 20 || this.nc.isClosed()) throw err;
+        await new Promise((r) => setTimeout(r, Math.min(100 * 2 ** attempt, 2_000)));
+      }
+    }
+  }
+
+  async *read(sessionId: string, opts: ReadOptions = {}): AsyncIterable<Event> {
+    const info = await this.jsm.streams.info(this.streamName);
+    const firstSeq = BigInt(info.state.first_seq);
+    const lastSeq = BigInt(info.state.last_seq);
+    const fromId = opts.fromId ?? 0n;
+    if (opts.fromId !== undefined && fromId + 1n < firstSeq && lastSeq > 0n) {
+      throw new ConnectError(
+        `fromId ${fromId} is older than the retained events (the oldest retained id is ${firstSeq}); replay from a later id or from the start`,
+        Code.OutOfRange,
+      );
+    }
+    if (opts.storedOnly && fromId >= lastSeq) return;
+    const consumer = await this.js.consumers.get(this.streamName, {
+      filter_subjects: [this.subject(sessionId, ">")],
+      ...(fromId > 0n
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Number(fromId + 1n) }
+        : { deliver_policy: DeliverPolicy.All }),
+    });
+    if (opts.storedOnly && (await consumer.info(true)).num_pending === 0) return;
+    const messages = await consumer.consume({ max_messages: 512 });
+    const stop = () => void messages.close();
+    opts.signal?.addEventListener("abort", stop, { once: true });
+    try {
+      for await (const m of messages) {
+        const event = fromBinary(EventSchema, m.data);
+        event.id = BigInt(m.seq);
+        yield event;
+        if (opts.storedOnly && m.info.pending === 0) return;
+      }
+    } finally {
+      opts.signal?.removeEventListener("abort", stop);
+      await messages.close();
+    }
+  }
+
+  async close(): Promise<void> {
+    if (!this.nc.isClosed()) await this.nc.drain().catch(() => this.nc.close());
+  }
+}
