@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { PrepareSessionRequestSchema } from "@kilo-cloud/proto";
-import { ExecutionStatus, type PrepareSessionRequest, SessionField, SessionState } from "@kilo-cloud/proto";
+import { ExecutionStatus, SessionField, SessionState } from "@kilo-cloud/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Stack, startStack } from "./support/stack.js";
 

@@ -32,6 +32,8 @@ export interface Stack extends AsyncDisposable {
   gatewayUrl: string;
   sessionUrl: string;
   hs256Secret: string;
+  /** The service-token key pair the gateway signs with and the session service trusts. */
+  serviceKeys: { privateKeyPem: string; publicKeyPem: string };
   db: Pool;
   logs: string[];
   /** Makes (and remembers) a valid bearer token for the user; call before sessions(). */
@@ -120,6 +122,7 @@ export async function startStack(): Promise<Stack> {
     gatewayUrl: gatewayServer.url,
     sessionUrl: sessionServer.url,
     hs256Secret,
+    serviceKeys: keys,
     db: pool,
     logs,
     tokenFor,

@@ -172,11 +172,14 @@ export async function firstExecution(db: Queryable, sessionId: string): Promise<
   return rows[0];
 }
 
-export async function markInitiated(db: Queryable, id: string): Promise<SessionRow> {
+/** prepared → initiated, in the same version step as the caller's fresh token (if any). */
+export async function markInitiated(db: Queryable, id: string, kiloTokenSealed?: string): Promise<SessionRow> {
   const { rows } = await db.query<SessionRow>(
-    `UPDATE session.sessions SET state = 'initiated', initiated_at = now(), updated_at = now(), version = version + 1
+    `UPDATE session.sessions
+     SET state = 'initiated', initiated_at = now(), updated_at = now(), version = version + 1,
+         kilo_token_sealed = COALESCE($2, kilo_token_sealed)
      WHERE id = $1 RETURNING *`,
-    [id],
+    [id, kiloTokenSealed ?? null],
   );
   return rows[0]!;
 }

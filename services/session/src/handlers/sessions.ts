@@ -321,12 +321,8 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
             mode: row.mode ?? "code",
             model: row.model,
           });
-          await markInitiated(tx, id);
           // The caller's current token replaces the one kept at prepare time (tokens rotate).
-          if (kiloToken)
-            await updateSession(tx, id, {
-              kilo_token_sealed: sealToken(deps.sealer, id, "kilo_token", kiloToken),
-            });
+          await markInitiated(tx, id, kiloToken ? (sealToken(deps.sealer, id, "kilo_token", kiloToken) ?? undefined) : undefined);
           return created;
         }),
       );
