@@ -161,6 +161,7 @@ export interface ServiceTokenClaims {
   userTokenHash?: string;
 }
 
+/** The default issuer: the gateway. The session service signs as `kilo-cloud-session`. */
 export const SERVICE_TOKEN_ISSUER = "kilo-cloud-gateway";
 const SERVICE_TOKEN_TTL_SECONDS = 60;
 
@@ -171,7 +172,10 @@ export async function generateServiceKeyPair(): Promise<{ privateKeyPem: string;
 
 export type ServiceTokenSigner = (audience: string, claims: ServiceTokenClaims) => Promise<string>;
 
-export async function createServiceTokenSigner(privateKeyPem: string): Promise<ServiceTokenSigner> {
+export async function createServiceTokenSigner(
+  privateKeyPem: string,
+  issuer: string = SERVICE_TOKEN_ISSUER,
+): Promise<ServiceTokenSigner> {
   const key = await importPKCS8(privateKeyPem, "EdDSA");
   return (audience, claims) =>
     new SignJWT({
@@ -179,7 +183,7 @@ export async function createServiceTokenSigner(privateKeyPem: string): Promise<S
       ...(claims.userTokenHash ? { uth: claims.userTokenHash } : {}),
     })
       .setProtectedHeader({ alg: "EdDSA", typ: "kilo-service+jwt" })
-      .setIssuer(SERVICE_TOKEN_ISSUER)
+      .setIssuer(issuer)
       .setAudience(audience)
       .setSubject(claims.userId)
       .setIssuedAt()
@@ -192,13 +196,14 @@ export type ServiceTokenVerifier = (token: string) => Promise<ServiceTokenClaims
 export async function createServiceTokenVerifier(
   publicKeyPem: string,
   audience: string,
+  issuer: string = SERVICE_TOKEN_ISSUER,
 ): Promise<ServiceTokenVerifier> {
   const key = await importSPKI(publicKeyPem, "EdDSA");
   return async (token) => {
     try {
       const { payload } = await jwtVerify(token, key, {
         algorithms: ["EdDSA"],
-        issuer: SERVICE_TOKEN_ISSUER,
+        issuer,
         audience,
         typ: "kilo-service+jwt",
         maxTokenAge: `${SERVICE_TOKEN_TTL_SECONDS + 5}s`,
