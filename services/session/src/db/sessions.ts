@@ -173,7 +173,11 @@ export async function firstExecution(db: Queryable, sessionId: string): Promise<
 }
 
 /** prepared → initiated, in the same version step as the caller's fresh token (if any). */
-export async function markInitiated(db: Queryable, id: string, kiloTokenSealed?: string): Promise<SessionRow> {
+export async function markInitiated(
+  db: Queryable,
+  id: string,
+  kiloTokenSealed?: string,
+): Promise<SessionRow> {
   const { rows } = await db.query<SessionRow>(
     `UPDATE session.sessions
      SET state = 'initiated', initiated_at = now(), updated_at = now(), version = version + 1,

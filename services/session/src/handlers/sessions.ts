@@ -322,7 +322,11 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
             model: row.model,
           });
           // The caller's current token replaces the one kept at prepare time (tokens rotate).
-          await markInitiated(tx, id, kiloToken ? (sealToken(deps.sealer, id, "kilo_token", kiloToken) ?? undefined) : undefined);
+          await markInitiated(
+            tx,
+            id,
+            kiloToken ? (sealToken(deps.sealer, id, "kilo_token", kiloToken) ?? undefined) : undefined,
+          );
           return created;
         }),
       );
