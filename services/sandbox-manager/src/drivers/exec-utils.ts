@@ -14,7 +14,12 @@ export async function execCollect(
   driver: Driver,
   sandbox: Sandbox,
   req: Omit<ExecRequest, "onStdout" | "onStderr">,
-  opts: { timeoutMs?: number; maxOutputBytes?: number; signal?: AbortSignal; onLine?: (line: string, source: "stdout" | "stderr") => void } = {},
+  opts: {
+    timeoutMs?: number;
+    maxOutputBytes?: number;
+    signal?: AbortSignal;
+    onLine?: (line: string, source: "stdout" | "stderr") => void;
+  } = {},
 ): Promise<CollectedResult> {
   const max = opts.maxOutputBytes ?? 64 * 1024;
   const out = { stdout: [] as Buffer[], stderr: [] as Buffer[], size: { stdout: 0, stderr: 0 } };
@@ -75,6 +80,11 @@ export async function readSandboxFile(
   env: Record<string, string> = { PATH: "/usr/local/bin:/usr/bin:/bin" },
 ): Promise<string | undefined> {
   if (!(await driver.exists(sandbox, path))) return undefined;
-  const r = await execCollect(driver, sandbox, { argv: ["cat", "--", path], cwd: "/", env }, { maxOutputBytes: 1024 * 1024 });
+  const r = await execCollect(
+    driver,
+    sandbox,
+    { argv: ["cat", "--", path], cwd: "/", env },
+    { maxOutputBytes: 1024 * 1024 },
+  );
   return r.exitCode === 0 ? r.stdout : undefined;
 }
