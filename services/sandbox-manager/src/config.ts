@@ -1,0 +1,71 @@
+import { type Env, EnvReader } from "@kilo-cloud/common";
+import type { KiloProvider } from "./kilo/command.js";
+
+export interface SandboxManagerConfig {
+  port: number;
+  host: string;
+  natsUrl: string;
+  eventsStream: string;
+  eventsSubjectPrefix: string;
+  eventsMaxAgeMs: number;
+  eventsMaxBytes: number;
+  driver: "local";
+  /** Where the local driver keeps sandboxes. */
+  sandboxRoot: string;
+  isolation: "bwrap" | "none";
+  /** Host path of the kilo binary (default: the packaged @kilocode/cli-linux-x64). */
+  kiloBinary?: string | undefined;
+  provider: KiloProvider;
+  /** PEM of the RSA key that opens encrypted secrets (AGENT_ENV_VARS_PRIVATE_KEY). */
+  secretsPrivateKey?: string | undefined;
+  githubBaseUrl: string;
+  allowInsecureGit: boolean;
+  executionTimeoutMs: number;
+  idleTimeoutMs: number;
+  setupTimeoutMs: number;
+  cloneTimeoutMs: number;
+  heartbeatIntervalMs: number;
+  /** The session service's public key (it signs the calls it makes here). */
+  serviceTokenPublicKey: string;
+  logLevel: string;
+}
+
+export function loadSandboxManagerConfig(env: Env): Readonly<SandboxManagerConfig> {
+  const r = new EnvReader(env);
+  const providerKind = r.oneOf("KILO_PROVIDER", ["kilo", "openai-compatible"] as const, "kilo");
+  let provider: KiloProvider = { kind: "kilo" };
+  if (providerKind === "openai-compatible") {
+    provider = {
+      kind: "openai-compatible",
+      baseUrl: r.url("KILO_PROVIDER_BASE_URL"),
+      apiKey: r.string("KILO_PROVIDER_API_KEY", "none"),
+      id: r.string("KILO_PROVIDER_ID", "cloud"),
+    };
+  }
+  const config: SandboxManagerConfig = {
+    port: r.int("PORT", 8082, { min: 0, max: 65535 }),
+    host: r.string("HOST", "0.0.0.0"),
+    natsUrl: r.string("NATS_URL", "nats://127.0.0.1:4222"),
+    eventsStream: r.string("EVENTS_STREAM", "KILO_EVENTS"),
+    eventsSubjectPrefix: r.string("EVENTS_SUBJECT_PREFIX", "kilo.events"),
+    eventsMaxAgeMs: r.int("EVENTS_MAX_AGE_MS", 7 * 24 * 3600 * 1000, { min: 60_000 }),
+    eventsMaxBytes: r.int("EVENTS_MAX_BYTES", 10 * 1024 ** 3, { min: 1024 * 1024 }),
+    driver: r.oneOf("SANDBOX_DRIVER", ["local"] as const, "local"),
+    sandboxRoot: r.string("SANDBOX_ROOT", "/var/lib/kilo-cloud"),
+    isolation: r.oneOf("SANDBOX_ISOLATION", ["bwrap", "none"] as const, "bwrap"),
+    kiloBinary: r.optional("KILO_BIN"),
+    provider,
+    secretsPrivateKey: r.optional("AGENT_ENV_VARS_PRIVATE_KEY")?.replace(/\\n/g, "\n"),
+    githubBaseUrl: r.url("GITHUB_GIT_BASE_URL", "https://github.com"),
+    allowInsecureGit: r.bool("GIT_ALLOW_INSECURE", false),
+    executionTimeoutMs: r.int("EXECUTION_TIMEOUT_MS", 60 * 60_000, { min: 1_000 }),
+    idleTimeoutMs: r.int("IDLE_TIMEOUT_MS", 10 * 60_000, { min: 1_000 }),
+    setupTimeoutMs: r.int("SETUP_TIMEOUT_MS", 2 * 60_000, { min: 1_000 }),
+    cloneTimeoutMs: r.int("CLONE_TIMEOUT_MS", 5 * 60_000, { min: 1_000 }),
+    heartbeatIntervalMs: r.int("HEARTBEAT_INTERVAL_MS", 30_000, { min: 100 }),
+    serviceTokenPublicKey: r.string("SERVICE_TOKEN_PUBLIC_KEY").replace(/\\n/g, "\n"),
+    logLevel: r.string("LOG_LEVEL", "info"),
+  };
+  r.done();
+  return Object.freeze(config);
+}

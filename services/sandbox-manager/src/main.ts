@@ -1,0 +1,65 @@
+import { createLogger, JetStreamEventLog, listen } from "@kilo-cloud/common";
+import { loadSandboxManagerConfig } from "./config.js";
+import { LocalDriver } from "./drivers/local/local-driver.js";
+import { DEFAULT_RUNNER_SETTINGS } from "./execution/runner.js";
+import { packagedKiloBinary } from "./kilo/command.js";
+import { createSandboxManager } from "./server.js";
+
+const config = loadSandboxManagerConfig(process.env);
+const logger = createLogger({ service: "sandbox-manager", level: config.logLevel });
+const kiloBinary = config.kiloBinary ?? packagedKiloBinary();
+if (!kiloBinary) {
+  logger.fatal("no kilo binary: install @kilocode/cli-linux-x64 or set KILO_BIN");
+  process.exit(1);
+}
+const driver = await LocalDriver.create({
+  rootDir: config.sandboxRoot,
+  isolation: config.isolation,
+  kiloBinary,
+  logger,
+});
+const events = await JetStreamEventLog.connect({
+  servers: config.natsUrl,
+  stream: config.eventsStream,
+  subjectPrefix: config.eventsSubjectPrefix,
+  maxAgeMs: config.eventsMaxAgeMs,
+  maxBytes: config.eventsMaxBytes,
+  name: "sandbox-manager",
+});
+const app = await createSandboxManager({
+  driver,
+  events,
+  logger,
+  serviceTokenPublicKey: config.serviceTokenPublicKey,
+  settings: {
+    ...DEFAULT_RUNNER_SETTINGS,
+    provider: config.provider,
+    secretsPrivateKey: config.secretsPrivateKey,
+    githubBaseUrl: config.githubBaseUrl,
+    allowInsecureGit: config.allowInsecureGit,
+    executionTimeoutMs: config.executionTimeoutMs,
+    idleTimeoutMs: config.idleTimeoutMs,
+    setupTimeoutMs: config.setupTimeoutMs,
+    cloneTimeoutMs: config.cloneTimeoutMs,
+    heartbeatIntervalMs: config.heartbeatIntervalMs,
+  },
+  eventsReady: async () => {
+    if (events.nc.isClosed()) throw new Error("NATS connection closed");
+  },
+});
+const server = await listen(app.handler, { port: config.port, host: config.host });
+logger.info(
+  { url: server.url, driver: config.driver, isolation: config.isolation },
+  "sandbox-manager listening",
+);
+
+const shutdown = async (signal: string) => {
+  logger.info({ signal }, "shutting down");
+  await app.close();
+  await server.close();
+  await events.close();
+  await driver.close();
+  process.exit(0);
+};
+process.once("SIGTERM", () => void shutdown("SIGTERM"));
+process.once("SIGINT", () => void shutdown("SIGINT"));

@@ -1,0 +1,183 @@
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import {
+  createLogger,
+  createServiceTokenSigner,
+  generateServiceKeyPair,
+  JetStreamEventLog,
+  listen,
+  type RunningServer,
+  TERMINAL_EVENT_TYPES,
+} from "@kilo-cloud/common";
+import type { Event } from "@kilo-cloud/proto";
+import { SandboxService, type StartExecutionRequestSchema } from "@kilo-cloud/proto/sandbox";
+import {
+  type GitServer,
+  generateSecretKeyPair,
+  type ModelServer,
+  startGitServer,
+  startModelServer,
+  startNats,
+  type TestNats,
+} from "@kilo-cloud/testing";
+import { LocalDriver } from "../../src/drivers/local/local-driver.js";
+import { DEFAULT_RUNNER_SETTINGS, type RunnerSettings } from "../../src/execution/runner.js";
+import { packagedKiloBinary } from "../../src/kilo/command.js";
+import {
+  createSandboxManager,
+  SANDBOX_SERVICE_AUDIENCE,
+  type SandboxManagerApp,
+  SESSION_SERVICE_ISSUER,
+} from "../../src/server.js";
+
+// GitHub takes installation tokens as the password of user x-access-token.
+export const GIT_USER = "x-access-token";
+export const GIT_TOKEN = `gho_${randomBytes(12).toString("hex")}`;
+export const MODEL_KEY = `sk-${randomBytes(8).toString("hex")}`;
+
+export type StartInit = Exclude<MessageInitShape<typeof StartExecutionRequestSchema>, { $typeName: string }>;
+
+/**
+ * sandbox-manager as in production (Connect on a loopback port, real bwrap sandboxes, the
+ * real kilo binary, events on a real JetStream), with a scripted model server and a git
+ * smart-HTTP server that checks credentials.
+ */
+export interface Harness extends AsyncDisposable {
+  app: SandboxManagerApp;
+  client: Client<typeof SandboxService>;
+  /** A client whose service token always names `userId`, whatever the request says. */
+  clientFor(userId: string): Client<typeof SandboxService>;
+  events: JetStreamEventLog;
+  model: ModelServer;
+  git: GitServer;
+  nats: TestNats;
+  rootDir: string;
+  logs: string[];
+  secretKeys: { publicKeyPem: string; privateKeyPem: string };
+  /** Starts an execution as the session service would, for `userId`. */
+  start(req: StartInit): Promise<void>;
+  /** Every event of the execution, up to and including its terminal event. */
+  untilEnd(sessionId: string, executionId: string, timeoutMs?: number): Promise<Event[]>;
+}
+
+export async function startHarness(opts: { settings?: Partial<RunnerSettings> } = {}): Promise<Harness> {
+  const kilo = packagedKiloBinary();
+  if (!kilo) throw new Error("the kilo binary (@kilocode/cli-linux-x64) is not installed");
+  const nats = await startNats();
+  const tag = randomBytes(4).toString("hex");
+  const events = await JetStreamEventLog.connect({
+    servers: nats.url,
+    stream: `EV_${tag}`,
+    subjectPrefix: `ev${tag}`,
+  });
+  const model = await startModelServer({ apiKey: MODEL_KEY });
+  const git = await startGitServer({ auth: { username: GIT_USER, password: GIT_TOKEN } });
+  const rootDir = await mkdtemp(join(tmpdir(), "kc-sbx-"));
+  const logs: string[] = [];
+  const logger = createLogger({
+    service: "sandbox-manager",
+    level: "debug",
+    destination: { write: (l: string) => void logs.push(l) },
+  });
+  const driver = await LocalDriver.create({ rootDir, isolation: "bwrap", kiloBinary: kilo, logger });
+  const keys = await generateServiceKeyPair();
+  const secretKeys = generateSecretKeyPair();
+  const app = await createSandboxManager({
+    driver,
+    events,
+    logger,
+    serviceTokenPublicKey: keys.publicKeyPem,
+    settings: {
+      ...DEFAULT_RUNNER_SETTINGS,
+      provider: { kind: "openai-compatible", baseUrl: model.url, apiKey: MODEL_KEY, id: "mock" },
+      secretsPrivateKey: secretKeys.privateKeyPem,
+      githubBaseUrl: git.url,
+      allowInsecureGit: true,
+      heartbeatIntervalMs: 2_000,
+      ...opts.settings,
+    },
+  });
+  const server: RunningServer = await listen(app.handler, { port: 0, host: "127.0.0.1" });
+  const sign = await createServiceTokenSigner(keys.privateKeyPem, SESSION_SERVICE_ISSUER);
+  const authAs =
+    (fixed?: string): Interceptor =>
+    (next) =>
+    async (req) => {
+      const userId =
+        fixed ?? (req.message as { sandbox?: { userId?: string } }).sandbox?.userId ?? "anonymous";
+      req.header.set(
+        "authorization",
+        `Bearer ${await sign(SANDBOX_SERVICE_AUDIENCE, { userId, internal: true })}`,
+      );
+      return next(req);
+    };
+  const clientFor = (userId?: string) =>
+    createClient(
+      SandboxService,
+      createConnectTransport({ baseUrl: server.url, httpVersion: "2", interceptors: [authAs(userId)] }),
+    );
+  const client = clientFor();
+  return {
+    app,
+    client,
+    clientFor,
+    events,
+    model,
+    git,
+    nats,
+    rootDir,
+    logs,
+    secretKeys,
+    async start(req) {
+      await client.startExecution(req);
+    },
+    async untilEnd(sessionId, executionId, timeoutMs = 120_000) {
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(), timeoutMs);
+      const out: Event[] = [];
+      try {
+        for await (const e of events.read(sessionId, { signal: abort.signal })) {
+          if (e.executionId !== executionId) continue;
+          out.push(e);
+          if (TERMINAL_EVENT_TYPES.includes(e.payload.case as never)) return out;
+        }
+      } finally {
+        clearTimeout(timer);
+      }
+      throw new Error(
+        `no terminal event for ${executionId} within ${timeoutMs} ms; got ${out.map((e) => e.payload.case).join(",")}`,
+      );
+    },
+    async [Symbol.asyncDispose]() {
+      await app.close();
+      await server.close(100);
+      await events.close();
+      await driver.close();
+      await model.close();
+      await git.close();
+      await nats[Symbol.asyncDispose]();
+      await rm(rootDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The text of an event, for assertions. */
+export function describeEvent(e: Event): string {
+  switch (e.payload.case) {
+    case "status":
+      return `status:${e.payload.value.step}:${e.payload.value.message}`;
+    case "error":
+      return `error:${e.payload.value.error}`;
+    case "output":
+      return `output:${e.payload.value.content}`;
+    case "kilocode":
+      return `kilocode:${String((e.payload.value.payload as { type?: string } | undefined)?.type)}`;
+    default:
+      return String(e.payload.case);
+  }
+}
