@@ -111,11 +111,35 @@ export function ensureBubblewrap(): void {
   aptInstall("bubblewrap");
 }
 
+export const HELM_VERSION = "v3.16.4";
+
+/** Builds helm into TOOLS_DIR unless that version is already there (for the chart tests). */
+export function ensureHelm(): string {
+  if (process.env.HELM_BIN) return process.env.HELM_BIN;
+  const bin = join(TOOLS_DIR, "helm");
+  const version =
+    spawnSync(bin, ["version", "--template", "{{.Version}}"], { encoding: "utf8" }).stdout ?? "";
+  if (version.trim() === HELM_VERSION) return bin;
+  if (spawnSync("go", ["version"], { stdio: "ignore" }).status !== 0) {
+    throw new Error("Go is needed to build helm (go install); or set HELM_BIN");
+  }
+  log(`building helm ${HELM_VERSION} (go install, once)`);
+  // go install leaves helm's version at its minor ("v3.16"): stamp the real one, as its release build does.
+  const ldflags = `-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}`;
+  execFileSync("go", ["install", "-ldflags", ldflags, `helm.sh/helm/v3/cmd/helm@${HELM_VERSION}`], {
+    stdio: ["ignore", "ignore", "inherit"],
+    env: { ...process.env, GOBIN: TOOLS_DIR, CGO_ENABLED: "0" },
+    cwd: homedir(),
+  });
+  return bin;
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
   try {
     ensurePostgres();
     ensureNatsServer();
     ensureBubblewrap();
+    ensureHelm();
   } catch (err) {
     log(err instanceof Error ? err.message : String(err));
     process.exit(1);

@@ -10,6 +10,7 @@ import {
   createUserAuthInterceptor,
   createUserTokenVerifier,
   createValidationInterceptor,
+  type EventLog,
   type Identity,
   type Logger,
   type NodeRequest,
@@ -25,6 +26,7 @@ import {
   upstreamError,
 } from "./handlers/forward.js";
 import { createStreamTickets } from "./handlers/stream-tickets.js";
+import { subscribeHandler } from "./handlers/subscribe.js";
 import { streamTicketRoute } from "./handlers/ticket-route.js";
 
 /** Must match the session service's audience. */
@@ -44,6 +46,9 @@ export interface GatewayDeps {
   streamTicketSecret: string;
   sessionServiceUrl: string;
   upstreamTimeoutMs?: number;
+  /** The event log Subscribe reads (JetStream in production). */
+  events?: EventLog;
+  keepaliveMs?: number;
 }
 
 export interface GatewayApp {
@@ -97,11 +102,29 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
         },
       }),
     );
+    const events = deps.events;
     router.service(StreamService, {
-      // biome-ignore lint/correctness/useYield: implemented with the event log (next issue)
-      async *subscribe() {
-        throw new ConnectError("Subscribe is not available yet", Code.Unimplemented);
-      },
+      subscribe: events
+        ? subscribeHandler({
+            events,
+            tickets,
+            verifyUser,
+            keepaliveMs: deps.keepaliveMs ?? 15_000,
+            async checkOwner(userId, cloudAgentSessionId, signal) {
+              try {
+                await sessions.getSession(
+                  { cloudAgentSessionId },
+                  await upstreamCallOptions({ identity: { userId, internal: false }, signal }, upstream),
+                );
+              } catch (err) {
+                throw upstreamError(err, "session service");
+              }
+            },
+          })
+        : // biome-ignore lint/correctness/useYield: no event log configured
+          async function* () {
+            throw new ConnectError("streaming is not configured on this gateway", Code.Unimplemented);
+          },
     });
   };
 

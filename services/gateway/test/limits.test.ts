@@ -669,11 +669,6 @@ describe("API limits through the gateway", () => {
         field: "upstream_branch",
       })),
       // callback target
-      {
-        name: "a callback over http",
-        req: { callbackTarget: callback("http://example.com/cb") },
-        field: "callback_target.url",
-      },
       { name: "a callback without a url", req: { callbackTarget: {} }, field: "callback_target.url" },
       {
         name: "a callback without a host",
@@ -709,6 +704,23 @@ describe("API limits through the gateway", () => {
 
     it.each(named(rejected))("rejects %s and stores nothing", async (_, { req, field }) => {
       await expectPrepareInvalid(validPrepare(req), field);
+    });
+
+    // The scheme and address rules of callbacks are the deployment's policy (https only and
+    // public addresses by default), checked by the session service before it stores anything.
+    it.each([
+      ["over http", "http://example.com/cb"],
+      ["to a loopback address", "https://127.0.0.1/cb"],
+      ["to the metadata address", "https://169.254.169.254/latest/meta-data"],
+      ["to a private address", "https://10.0.0.7/cb"],
+      ["to localhost", "https://localhost/cb"],
+    ])("refuses a callback %s by policy and stores nothing", async (_, url) => {
+      const before = await sessionCount();
+      await expectInvalid(
+        client().prepareSession(validPrepare({ callbackTarget: callback(url) })),
+        "callback_target.url",
+      );
+      expect(await sessionCount()).toBe(before);
     });
 
     it("rejects both githubRepo and gitUrl (only expressible in JSON) and stores nothing", async () => {

@@ -1,5 +1,6 @@
 export { loadSandboxManagerConfig, type SandboxManagerConfig } from "./config.js";
 export * from "./drivers/driver.js";
+export { LocalDriver } from "./drivers/local/local-driver.js";
 export {
   DEFAULT_RUNNER_SETTINGS,
   ExecutionRunner,

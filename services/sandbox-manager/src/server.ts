@@ -79,7 +79,11 @@ export async function createSandboxManager(deps: SandboxManagerDeps): Promise<Sa
         runner.start(req);
         return { executionId: req.executionId };
       },
-      async interrupt(req) {
+      async interrupt(req, ctx) {
+        const { userId } = requireIdentity(ctx.values);
+        if (keyOf(req.sandbox).userId !== userId) {
+          throw new ConnectError("the sandbox does not belong to the caller", Code.PermissionDenied);
+        }
         return runner.interrupt(req.executionId, req.cloudAgentSessionId);
       },
       async removeSessionWorkspace(req, ctx) {

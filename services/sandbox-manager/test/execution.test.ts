@@ -210,7 +210,11 @@ describe("executions with the real kilo", { timeout: 180_000 }, () => {
     while (sleeping().length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
     expect(sleeping()).toHaveLength(2);
 
-    const res = await h.client.interrupt({ executionId: req.executionId!, cloudAgentSessionId: sid });
+    const res = await h.client.interrupt({
+      executionId: req.executionId!,
+      cloudAgentSessionId: sid,
+      sandbox: req.sandbox,
+    });
     expect(res.success).toBe(true);
     expect(res.killedProcessIds.length).toBeGreaterThan(0);
     expect(res.message).toMatch(/^Interrupted execution: killed \d+ process\(es\)$/);
@@ -221,7 +225,11 @@ describe("executions with the real kilo", { timeout: 180_000 }, () => {
     // Nothing committed or pushed: the session branch was created locally but never pushed.
     expect(await h.git.branches(repo)).not.toContain(`session/${sid}`);
     // Interrupting again is fine.
-    const again = await h.client.interrupt({ executionId: req.executionId!, cloudAgentSessionId: sid });
+    const again = await h.client.interrupt({
+      executionId: req.executionId!,
+      cloudAgentSessionId: sid,
+      sandbox: req.sandbox,
+    });
     expect(again).toMatchObject({ success: true, killedProcessIds: [], failedProcessIds: [] });
   });
 

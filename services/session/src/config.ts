@@ -1,4 +1,10 @@
-import { type Env, EnvReader, parseSealingKeys, type SealingKey } from "@kilo-cloud/common";
+import {
+  type Env,
+  EnvReader,
+  type OutboundPolicy,
+  parseSealingKeys,
+  type SealingKey,
+} from "@kilo-cloud/common";
 
 export interface SessionConfig {
   port: number;
@@ -7,6 +13,21 @@ export interface SessionConfig {
   sealingKeys: SealingKey[];
   /** The gateway's public key (PEM, Ed25519) for the service tokens it signs. */
   serviceTokenPublicKey: string;
+  /** Running executions; absent when SANDBOX_MANAGER_URL is not set. */
+  executions?: {
+    sandboxManagerUrl: string;
+    /** This service's Ed25519 private key (PKCS#8 PEM) for its calls to sandbox-manager. */
+    serviceTokenPrivateKey: string;
+    natsUrl: string;
+    eventsStream: string;
+    eventsSubjectPrefix: string;
+    queueMaxWaiting: number;
+    queueExpiryMs: number;
+    staleAfterMs: number;
+    heartbeatStaleMs: number;
+    callbackSigningSecret?: string | undefined;
+    callbackPolicy: OutboundPolicy;
+  };
   logLevel: string;
 }
 
@@ -21,12 +42,38 @@ export function loadSessionConfig(env: Env): Readonly<SessionConfig> {
       r.problem(`SESSION_SEALING_KEYS: ${(err as Error).message}`);
     }
   }
+  const sandboxManagerUrl = r.optional("SANDBOX_MANAGER_URL");
+  const callbackSigningSecret = r.optional("CALLBACK_SIGNING_SECRET");
+  if (callbackSigningSecret !== undefined && Buffer.byteLength(callbackSigningSecret) < 32) {
+    r.problem("CALLBACK_SIGNING_SECRET must be at least 32 bytes");
+  }
   const config: SessionConfig = {
     port: r.int("PORT", 8081, { min: 0, max: 65535 }),
     host: r.string("HOST", "0.0.0.0"),
     databaseUrl: r.url("DATABASE_URL"),
     sealingKeys,
     serviceTokenPublicKey: r.string("SERVICE_TOKEN_PUBLIC_KEY").replace(/\\n/g, "\n"),
+    ...(sandboxManagerUrl
+      ? {
+          executions: {
+            sandboxManagerUrl: r.url("SANDBOX_MANAGER_URL"),
+            serviceTokenPrivateKey: r.string("SESSION_SERVICE_TOKEN_PRIVATE_KEY").replace(/\\n/g, "\n"),
+            natsUrl: r.string("NATS_URL", "nats://127.0.0.1:4222"),
+            eventsStream: r.string("EVENTS_STREAM", "KILO_EVENTS"),
+            eventsSubjectPrefix: r.string("EVENTS_SUBJECT_PREFIX", "kilo.events"),
+            queueMaxWaiting: r.int("QUEUE_MAX_WAITING", 10, { min: 1, max: 10_000 }),
+            queueExpiryMs: r.int("QUEUE_EXPIRY_MS", 60 * 60_000, { min: 1_000 }),
+            staleAfterMs: r.int("EXECUTION_STALE_MS", 10 * 60_000, { min: 1_000 }),
+            heartbeatStaleMs: r.int("HEARTBEAT_STALE_MS", 90_000, { min: 1_000 }),
+            callbackSigningSecret,
+            callbackPolicy: {
+              allowHttp: r.bool("CALLBACK_ALLOW_HTTP", false),
+              allowLoopback: r.bool("CALLBACK_ALLOW_LOOPBACK", false),
+              allowPrivate: r.bool("CALLBACK_ALLOW_PRIVATE", false),
+            },
+          },
+        }
+      : {}),
     logLevel: r.string("LOG_LEVEL", "info"),
   };
   r.done();

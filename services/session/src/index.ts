@@ -1,4 +1,5 @@
 export { loadSessionConfig, type SessionConfig } from "./config.js";
+export type { CallbackPayload, CallbackSenderLike, CallbackTargetJson } from "./dispatch/callback-outbox.js";
 export {
   createSessionService,
   migrateSessionSchema,

@@ -7,16 +7,22 @@ import {
   createServiceHandler,
   createServiceTokenVerifier,
   createValidationInterceptor,
+  type EventLog,
   type Logger,
   migrate,
   type NodeRequest,
   type NodeResponse,
+  type OutboundPolicy,
   type Pool,
   Sealer,
   type SealingKey,
 } from "@kilo-cloud/common";
 import { SessionService } from "@kilo-cloud/proto";
-import { sessionHandlers } from "./handlers/sessions.js";
+import { CallbackOutbox, type CallbackSenderLike } from "./dispatch/callback-outbox.js";
+import { DEFAULT_DISPATCHER_SETTINGS, Dispatcher, type DispatcherSettings } from "./dispatch/dispatcher.js";
+import { startLifecycleConsumer } from "./dispatch/lifecycle.js";
+import { type QueueSettings, sessionHandlers } from "./handlers/sessions.js";
+import { createSandboxClient, type SandboxClient } from "./sandbox/client.js";
 
 /** The audience of service tokens addressed to this service. */
 export const SESSION_SERVICE_AUDIENCE = "kilo-cloud-session";
@@ -28,16 +34,34 @@ const INTERNAL_METHODS = new Set(
   ["PrepareSession", "PrepareLegacySession", "UpdateSession"].map((m) => `${SessionService.typeName}/${m}`),
 );
 
+export interface ExecutionDeps {
+  /** sandbox-manager's base URL and the key this service signs its calls with. */
+  sandboxUrl: string;
+  serviceTokenPrivateKey: string;
+  events: EventLog;
+  dispatcher?: Partial<DispatcherSettings>;
+  queue?: Partial<QueueSettings>;
+  /** Completion callbacks; without a sender, callbacks are recorded but not sent. */
+  callbacks?: CallbackSenderLike;
+  /** Where callbacks may go; checked when a session is prepared and again at connect time. */
+  callbackPolicy?: OutboundPolicy;
+}
+
 export interface SessionServiceDeps {
   pool: Pool;
   logger: Logger;
   sealingKeys: SealingKey[];
   serviceTokenPublicKey: string;
+  /** Without it, sessions can be prepared and inspected but not run. */
+  executions?: ExecutionDeps;
 }
 
 export interface SessionServiceApp {
   handler: (req: NodeRequest, res: NodeResponse) => void;
   routes: (router: ConnectRouter) => void;
+  dispatcher?: Dispatcher;
+  /** Stops the dispatcher, the lifecycle consumer and the callback worker. */
+  close(): Promise<void>;
 }
 
 /** Applies the schema's migrations (schema `session`). */
@@ -50,8 +74,50 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
   const metrics = createMetricsRegistry("session");
   const verify = await createServiceTokenVerifier(deps.serviceTokenPublicKey, SESSION_SERVICE_AUDIENCE);
   const sealer = new Sealer(deps.sealingKeys);
+  const stop = new AbortController();
+  let dispatcher: Dispatcher | undefined;
+  let sandbox: SandboxClient | undefined;
+  let outbox: CallbackOutbox | undefined;
+  let lifecycle: Promise<void> | undefined;
+  const queue: QueueSettings = { maxWaiting: 10, heartbeatStaleMs: 90_000, ...deps.executions?.queue };
+  const x = deps.executions;
+  if (x) {
+    sandbox = await createSandboxClient({ baseUrl: x.sandboxUrl, privateKeyPem: x.serviceTokenPrivateKey });
+    if (x.callbacks) {
+      outbox = new CallbackOutbox({ pool: deps.pool, sealer, sender: x.callbacks, logger: deps.logger });
+    }
+    const d = new Dispatcher({
+      pool: deps.pool,
+      sealer,
+      sandbox,
+      events: x.events,
+      logger: deps.logger,
+      settings: { ...DEFAULT_DISPATCHER_SETTINGS, ...x.dispatcher },
+      ...(outbox ? { onFinished: () => outbox?.wake() } : {}),
+    });
+    dispatcher = d;
+    d.start();
+    outbox?.start();
+    lifecycle = startLifecycleConsumer({
+      events: x.events,
+      dispatcher: d,
+      logger: deps.logger,
+      signal: stop.signal,
+    });
+  }
   const routes = (router: ConnectRouter) => {
-    router.service(SessionService, sessionHandlers({ pool: deps.pool, sealer }));
+    router.service(
+      SessionService,
+      sessionHandlers({
+        pool: deps.pool,
+        sealer,
+        dispatcher,
+        sandbox,
+        queue,
+        logger: deps.logger,
+        callbackPolicy: x?.callbackPolicy ?? { allowHttp: false, allowLoopback: false },
+      }),
+    );
   };
   const handler = createServiceHandler({
     routes,
@@ -66,5 +132,15 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
       await deps.pool.query("SELECT 1");
     },
   });
-  return { handler, routes };
+  return {
+    handler,
+    routes,
+    ...(dispatcher ? { dispatcher } : {}),
+    async close() {
+      stop.abort();
+      dispatcher?.stop();
+      await outbox?.stop();
+      await lifecycle;
+    },
+  };
 }

@@ -37,6 +37,17 @@ export interface ReadOptions {
 export interface EventLog {
   publish(input: PublishInput): Promise<PublishResult>;
   read(sessionId: string, opts?: ReadOptions): AsyncIterable<Event>;
+  /**
+   * Durable, at-least-once delivery of every session's events of the given types to
+   * `handler`, remembered under `name` across restarts (a handler that throws gets the
+   * event again later). Runs until `signal` aborts.
+   */
+  consume(
+    name: string,
+    types: readonly EventTypeName[],
+    handler: (event: Event) => Promise<void>,
+    signal: AbortSignal,
+  ): Promise<void>;
   close(): Promise<void>;
 }
 

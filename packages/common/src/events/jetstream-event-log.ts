@@ -2,6 +2,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type Event, EventSchema } from "@kilo-cloud/proto";
 import {
+  AckPolicy,
   DeliverPolicy,
   DiscardPolicy,
   JetStreamApiError,
@@ -17,6 +18,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import {
   type EventLog,
+  type EventTypeName,
   eventTypeOf,
   type PublishInput,
   type PublishResult,
@@ -153,6 +155,52 @@ export class JetStreamEventLog implements EventLog {
     } finally {
       opts.signal?.removeEventListener("abort", stop);
       await messages.close();
+    }
+  }
+
+  async consume(
+    name: string,
+    types: readonly EventTypeName[],
+    handler: (event: Event) => Promise<void>,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const config = {
+      durable_name: name,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      filter_subjects: types.map((t) => this.subject("*", t)),
+      ack_wait: 30 * NS * 1000,
+      max_deliver: -1,
+    };
+    try {
+      await this.jsm.consumers.info(this.streamName, name);
+      await this.jsm.consumers.update(this.streamName, name, { filter_subjects: config.filter_subjects });
+    } catch (err) {
+      if (!(err instanceof JetStreamApiError && err.status === 404)) throw err;
+      await this.jsm.consumers.add(this.streamName, config);
+    }
+    while (!signal.aborted) {
+      const consumer = await this.js.consumers.get(this.streamName, name);
+      const messages = await consumer.consume({ max_messages: 256 });
+      const stop = () => void messages.close();
+      signal.addEventListener("abort", stop, { once: true });
+      try {
+        for await (const m of messages) {
+          try {
+            const event = fromBinary(EventSchema, m.data);
+            event.id = BigInt(m.seq);
+            await handler(event);
+            m.ack();
+          } catch {
+            m.nak(1_000);
+          }
+        }
+      } catch {
+        // The iterator ends on connection trouble; loop and resume from the durable state.
+        await new Promise((r) => setTimeout(r, 500));
+      } finally {
+        signal.removeEventListener("abort", stop);
+      }
     }
   }
 

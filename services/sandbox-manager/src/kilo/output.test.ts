@@ -1,5 +1,6 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { Readable } from "node:stream";
+import { CAPTURED_KILO_STREAMS_DIR } from "@kilo-cloud/testing";
 import { describe, expect, it } from "vitest";
 import {
   type KiloPayload,
@@ -15,7 +16,7 @@ import {
   UsageAccumulator,
 } from "./output.js";
 
-const fixtures = new URL("../../test/fixtures/kilo-streams/", import.meta.url);
+const fixtures = new URL(CAPTURED_KILO_STREAMS_DIR);
 const fixture = (name: string) => readFileSync(new URL(name, fixtures), "utf8");
 const payloads = (name: string): KiloPayload[] =>
   fixture(name)

@@ -149,6 +149,8 @@ export interface ExecutionRow {
   created_at: Date;
   started_at: Date | null;
   finished_at: Date | null;
+  last_heartbeat_at: Date | null;
+  exit_code: number | null;
 }
 
 export async function insertExecution(

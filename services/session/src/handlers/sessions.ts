@@ -2,19 +2,24 @@ import { create, toJson } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
+  checkOutboundUrl,
   inTransaction,
   internalError,
+  type Logger,
   newExecutionId,
   newKiloSessionId,
   newSessionId,
+  type OutboundPolicy,
   type Pool,
   requireIdentity,
   type Sealer,
+  SsrfError,
   userTokenKey,
 } from "@kilo-cloud/common";
 import {
   CallbackTargetSchema,
   type EncryptedSecret,
+  ExecutionHealth,
   ExecutionStatus,
   McpServerSchema,
   type PrepareSessionRequest,
@@ -27,6 +32,7 @@ import {
 } from "@kilo-cloud/proto";
 import {
   deleteSession,
+  type ExecutionRow,
   findSession,
   firstExecution,
   insertExecution,
@@ -37,21 +43,58 @@ import {
   type SessionRow,
   updateSession,
 } from "../db/sessions.js";
+import type { Dispatcher } from "../dispatch/dispatcher.js";
+import type { SandboxClient } from "../sandbox/client.js";
+
+export interface QueueSettings {
+  /** Messages that may wait in one session's queue (RESOURCE_EXHAUSTED beyond). */
+  maxWaiting: number;
+  /** A running execution without a heartbeat for this long shows as STALE. */
+  heartbeatStaleMs: number;
+}
 
 export interface SessionHandlerDeps {
   pool: Pool;
   sealer: Sealer;
+  dispatcher?: Dispatcher | undefined;
+  sandbox?: SandboxClient | undefined;
+  queue?: QueueSettings;
+  logger?: Logger;
+  /** Callback URLs must pass this policy (no DNS yet: literal addresses and schemes). */
+  callbackPolicy?: OutboundPolicy;
 }
 
-/** The sealing context binds a sealed value to its session and column. */
-export const sealContext = (sessionId: string, column: string) => `session:${sessionId}:${column}`;
+import { sealContext } from "./seal-context.js";
+
+export { sealContext };
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function sandboxOf(row: SessionRow) {
+  return {
+    userId: row.user_id,
+    ...(row.org_id ? { orgId: row.org_id } : {}),
+    ...(row.bot_id ? { botId: row.bot_id } : {}),
+  };
+}
+
+/** Waiting messages and the running execution of a session. */
+async function queueState(
+  pool: Pool,
+  sessionId: string,
+): Promise<{ queueLength: number; running?: ExecutionRow }> {
+  const { rows } = await pool.query<ExecutionRow>(
+    "SELECT * FROM session.executions WHERE session_id = $1 AND status IN ('queued', 'started') ORDER BY seq",
+    [sessionId],
+  );
+  const running = rows.find((r) => r.status === "started");
+  return { queueLength: rows.filter((r) => r.status === "queued").length, ...(running ? { running } : {}) };
+}
 
 function notFound(id: string): ConnectError {
   return new ConnectError(`session ${id} not found`, Code.NotFound);
-}
-
-function unimplemented(what: string): never {
-  throw new ConnectError(`${what} is not available yet`, Code.Unimplemented);
 }
 
 /** Another user's session is answered exactly like a missing one. */
@@ -152,7 +195,15 @@ function newSessionRow(
 }
 
 /** The sanitized view: counts, flags and metadata; never a token, secret or env value. */
-export function sessionInfo(row: SessionRow): SessionInfo {
+export interface LiveState {
+  queueLength: number;
+  running?: ExecutionRow | undefined;
+  heartbeatStaleMs: number;
+}
+
+export function sessionInfo(row: SessionRow, live?: LiveState): SessionInfo {
+  const running = live?.running;
+  const lastBeat = running ? (running.last_heartbeat_at ?? running.started_at) : null;
   return create(SessionInfoSchema, {
     cloudAgentSessionId: row.id,
     kiloSessionId: row.kilo_session_id,
@@ -178,6 +229,21 @@ export function sessionInfo(row: SessionRow): SessionInfo {
     ...(row.initiated_at ? { initiatedAt: timestampFromDate(row.initiated_at) } : {}),
     updatedAt: timestampFromDate(row.updated_at),
     version: BigInt(row.version),
+    queueLength: live?.queueLength ?? 0,
+    ...(running
+      ? {
+          runningExecution: {
+            executionId: running.id,
+            ...(running.started_at ? { startedAt: timestampFromDate(running.started_at) } : {}),
+            ...(lastBeat ? { lastHeartbeatAt: timestampFromDate(lastBeat) } : {}),
+            health:
+              lastBeat &&
+              Date.now() - lastBeat.getTime() <= (live?.heartbeatStaleMs ?? Number.POSITIVE_INFINITY)
+                ? ExecutionHealth.HEALTHY
+                : ExecutionHealth.STALE,
+          },
+        }
+      : {}),
   });
 }
 
@@ -202,6 +268,28 @@ function updateChanges(sealer: Sealer, req: UpdateSessionRequest): SessionChange
 
 export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof SessionService> {
   const { pool } = deps;
+  const queue: QueueSettings = deps.queue ?? { maxWaiting: 10, heartbeatStaleMs: 90_000 };
+
+  /** Starts the session's next execution if it can; the id of the one it started. */
+  const kick = async (sessionId: string): Promise<string | undefined> => {
+    if (!deps.dispatcher) return undefined;
+    try {
+      return await deps.dispatcher.kick(sessionId);
+    } catch (err) {
+      // Queued is a fine answer: the dispatcher's sweep starts it.
+      deps.logger?.warn({ sessionId, err: errorText(err) }, "could not dispatch at once");
+      return undefined;
+    }
+  };
+  const ack = (sessionId: string, execution: ExecutionRow, started: string | undefined) => ({
+    cloudAgentSessionId: sessionId,
+    executionId: execution.id,
+    status:
+      started === execution.id || (execution.status !== "queued" && started === undefined)
+        ? ExecutionStatus.STARTED
+        : ExecutionStatus.QUEUED,
+    streamUrl: `/stream?cloudAgentSessionId=${sessionId}`,
+  });
 
   const db = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
     try {
@@ -218,6 +306,17 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
     ids: { id: string; kiloSessionId: string },
   ): Promise<SessionRow | undefined> => {
     const { userId } = requireIdentity(ctx.values);
+    if (req.callbackTarget && deps.callbackPolicy) {
+      // Early refusal of URLs that can never be allowed. A name that does not resolve now
+      // is accepted: every delivery checks the addresses again when it connects.
+      try {
+        await checkOutboundUrl(req.callbackTarget.url, deps.callbackPolicy);
+      } catch (err) {
+        if (err instanceof SsrfError) {
+          throw new ConnectError(`callback_target.url: ${err.reason}`, Code.InvalidArgument);
+        }
+      }
+    }
     const row = newSessionRow(deps, ids, userId, ctx.values.get(userTokenKey), req);
     return db("store the session", () => insertSession(pool, row));
   };
@@ -285,15 +384,46 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
         req.cloudAgentSessionId,
         userId,
       );
-      return { session: sessionInfo(row) };
+      const live = await db("read the session's queue", () => queueState(pool, row.id));
+      return { session: sessionInfo(row, { ...live, heartbeatStaleMs: queue.heartbeatStaleMs }) };
     },
 
     async deleteSession(req, ctx) {
       const { userId } = requireIdentity(ctx.values);
-      const deleted = await db("delete the session", () =>
-        deleteSession(pool, req.cloudAgentSessionId, userId),
-      );
-      if (!deleted) throw notFound(req.cloudAgentSessionId);
+      const id = req.cloudAgentSessionId;
+      const row = owned(await db("read the session", () => findSession(pool, id)), id, userId);
+      const { running } = await db("read the session's queue", () => queueState(pool, id));
+      const sandbox = sandboxOf(row);
+      // Stop what runs and remove the workspace first; the rows go last, so a failure
+      // here leaves a session that can be deleted again rather than an orphaned sandbox.
+      if (running && deps.sandbox) {
+        await deps.sandbox
+          .interrupt(
+            { executionId: running.id, cloudAgentSessionId: id, sandbox },
+            { signal: ctx.signal, timeoutMs: 15_000 },
+          )
+          .catch((err: unknown) =>
+            deps.logger?.warn({ sessionId: id, err: errorText(err) }, "could not interrupt on delete"),
+          );
+      }
+      if (deps.sandbox) {
+        await deps.sandbox
+          .removeSessionWorkspace(
+            { cloudAgentSessionId: id, sandbox },
+            { signal: ctx.signal, timeoutMs: 30_000 },
+          )
+          .catch((err: unknown) => {
+            throw new ConnectError(
+              "could not remove the session's workspace; try again",
+              Code.Unavailable,
+              undefined,
+              undefined,
+              err,
+            );
+          });
+      }
+      const deleted = await db("delete the session", () => deleteSession(pool, id, userId));
+      if (!deleted) throw notFound(id);
       return {};
     },
 
@@ -330,32 +460,92 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
           return created;
         }),
       );
-      return {
-        cloudAgentSessionId: id,
-        executionId: execution.id,
-        status: execution.status === "queued" ? ExecutionStatus.QUEUED : ExecutionStatus.STARTED,
-        streamUrl: `/stream?cloudAgentSessionId=${id}`,
-      };
+      return ack(id, execution, await kick(id));
     },
 
     async sendMessage(req, ctx) {
       const { userId } = requireIdentity(ctx.values);
-      owned(
-        await db("read the session", () => findSession(pool, req.cloudAgentSessionId)),
-        req.cloudAgentSessionId,
-        userId,
+      const id = req.cloudAgentSessionId;
+      const kiloToken = ctx.values.get(userTokenKey);
+      const execution = await db("queue the message", () =>
+        inTransaction(pool, async (tx) => {
+          const row = owned(await findSession(tx, id, { forUpdate: true }), id, userId);
+          if (row.state !== "initiated") {
+            throw new ConnectError(
+              `session ${id} has not been initiated; call InitiateSession first`,
+              Code.FailedPrecondition,
+            );
+          }
+          const { rows } = await tx.query<{ n: number }>(
+            "SELECT count(*)::int AS n FROM session.executions WHERE session_id = $1 AND status = 'queued'",
+            [id],
+          );
+          if ((rows[0]?.n ?? 0) >= queue.maxWaiting) {
+            throw new ConnectError(
+              `the session's queue is full (${queue.maxWaiting} messages waiting); wait for one to finish`,
+              Code.ResourceExhausted,
+            );
+          }
+          const model = req.model ?? row.model;
+          if (!model)
+            throw new ConnectError(
+              `session ${id} has no model; give one with the message`,
+              Code.FailedPrecondition,
+            );
+          const created = await insertExecution(tx, {
+            id: newExecutionId(),
+            session_id: id,
+            prompt: req.prompt,
+            mode: req.mode ?? row.mode ?? "code",
+            model,
+          });
+          // The caller's current token is the one later executions act with.
+          if (kiloToken) {
+            await tx.query("UPDATE session.sessions SET kilo_token_sealed = $2 WHERE id = $1", [
+              id,
+              sealToken(deps.sealer, id, "kilo_token", kiloToken),
+            ]);
+          }
+          return created;
+        }),
       );
-      return unimplemented("SendMessage");
+      return ack(id, execution, await kick(id));
     },
 
     async interruptSession(req, ctx) {
       const { userId } = requireIdentity(ctx.values);
-      owned(
-        await db("read the session", () => findSession(pool, req.cloudAgentSessionId)),
-        req.cloudAgentSessionId,
-        userId,
-      );
-      return unimplemented("InterruptSession");
+      const id = req.cloudAgentSessionId;
+      const row = owned(await db("read the session", () => findSession(pool, id)), id, userId);
+      const { running } = await db("read the session's queue", () => queueState(pool, id));
+      if (!running) {
+        return {
+          success: true,
+          killedProcessIds: [],
+          failedProcessIds: [],
+          message: "No running execution to interrupt",
+        };
+      }
+      if (!deps.sandbox) throw new ConnectError("executions are not available", Code.Unimplemented);
+      try {
+        const res = await deps.sandbox.interrupt(
+          { executionId: running.id, cloudAgentSessionId: id, sandbox: sandboxOf(row) },
+          { signal: ctx.signal, timeoutMs: 15_000 },
+        );
+        return {
+          success: res.success,
+          killedProcessIds: res.killedProcessIds,
+          failedProcessIds: res.failedProcessIds,
+          message: res.message,
+        };
+      } catch (err) {
+        throw new ConnectError(
+          "the sandbox could not be reached to interrupt; try again",
+          Code.Unavailable,
+          undefined,
+          undefined,
+          err,
+        );
+      }
     },
 
     createStreamTicket: () => {

@@ -1,0 +1,3 @@
+export * from "./ip-address.js";
+export * from "./safe-fetch.js";
+export * from "./ssrf.js";
