@@ -27,6 +27,8 @@ export interface SandboxManagerConfig {
   heartbeatIntervalMs: number;
   /** The session service's public key (it signs the calls it makes here). */
   serviceTokenPublicKey: string;
+  /** GitHub App tokens for `githubRepo` sessions (absent: the session's own githubToken). */
+  tokenService?: { url: string; privateKeyPem: string } | undefined;
   logLevel: string;
 }
 
@@ -64,6 +66,13 @@ export function loadSandboxManagerConfig(env: Env): Readonly<SandboxManagerConfi
     cloneTimeoutMs: r.int("CLONE_TIMEOUT_MS", 5 * 60_000, { min: 1_000 }),
     heartbeatIntervalMs: r.int("HEARTBEAT_INTERVAL_MS", 30_000, { min: 100 }),
     serviceTokenPublicKey: r.string("SERVICE_TOKEN_PUBLIC_KEY").replace(/\\n/g, "\n"),
+    tokenService: r.optional("TOKEN_SERVICE_URL")
+      ? {
+          url: r.url("TOKEN_SERVICE_URL"),
+          // sandbox-manager's own key; the token service holds its public half.
+          privateKeyPem: r.string("SANDBOX_SERVICE_TOKEN_PRIVATE_KEY").replace(/\\n/g, "\n"),
+        }
+      : undefined,
     logLevel: r.string("LOG_LEVEL", "info"),
   };
   r.done();

@@ -1,4 +1,5 @@
-import { createLogger, JetStreamEventLog, listen } from "@kilo-cloud/common";
+import { createLogger, createServiceTokenSigner, JetStreamEventLog, listen } from "@kilo-cloud/common";
+import { createTokenClient, TOKEN_SERVICE_CALLER_ISSUER } from "@kilo-cloud/token/client";
 import { loadSandboxManagerConfig } from "./config.js";
 import { LocalDriver } from "./drivers/local/local-driver.js";
 import { DEFAULT_RUNNER_SETTINGS } from "./execution/runner.js";
@@ -26,7 +27,16 @@ const events = await JetStreamEventLog.connect({
   maxBytes: config.eventsMaxBytes,
   name: "sandbox-manager",
 });
+const tokens = config.tokenService
+  ? createTokenClient({
+      baseUrl: config.tokenService.url,
+      sign: await createServiceTokenSigner(config.tokenService.privateKeyPem, TOKEN_SERVICE_CALLER_ISSUER),
+    })
+  : undefined;
+if (!tokens)
+  logger.warn("TOKEN_SERVICE_URL is not set: githubRepo sessions use the githubToken given at prepare time");
 const app = await createSandboxManager({
+  tokens,
   driver,
   events,
   logger,

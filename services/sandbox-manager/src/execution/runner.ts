@@ -352,10 +352,15 @@ export class ExecutionRunner {
       let commitSha: string | undefined;
       if (exitCode === 0 && req.autoCommit) {
         try {
+          // A fresh token for the push: the run may have outlived the one used to clone.
+          const pushCredentials =
+            req.repository.case === "githubRepo" && this.deps.tokens
+              ? await this.credentials(req, key, signal, fail)
+              : credentials;
           const c = await git.commitAndPush({
             message: commitMessage(req.prompt),
             branch,
-            credentials,
+            credentials: pushCredentials,
             allowProtectedBranch: req.upstreamBranch !== undefined,
           });
           if (c.committed) {

@@ -26,7 +26,11 @@ import {
   type TestNats,
 } from "@kilo-cloud/testing";
 import { LocalDriver } from "../../src/drivers/local/local-driver.js";
-import { DEFAULT_RUNNER_SETTINGS, type RunnerSettings } from "../../src/execution/runner.js";
+import {
+  DEFAULT_RUNNER_SETTINGS,
+  type RepositoryTokens,
+  type RunnerSettings,
+} from "../../src/execution/runner.js";
 import { packagedKiloBinary } from "../../src/kilo/command.js";
 import {
   createSandboxManager,
@@ -65,7 +69,18 @@ export interface Harness extends AsyncDisposable {
   untilEnd(sessionId: string, executionId: string, timeoutMs?: number): Promise<Event[]>;
 }
 
-export async function startHarness(opts: { settings?: Partial<RunnerSettings> } = {}): Promise<Harness> {
+export interface HarnessOptions {
+  settings?: Partial<RunnerSettings>;
+  /** How the git server checks credentials (default: user x-access-token with GIT_TOKEN). */
+  gitAuth?: Parameters<typeof startGitServer>[0] extends infer O
+    ? O extends { auth?: infer A }
+      ? A
+      : never
+    : never;
+  tokens?: RepositoryTokens;
+}
+
+export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
   const kilo = packagedKiloBinary();
   if (!kilo) throw new Error("the kilo binary (@kilocode/cli-linux-x64) is not installed");
   const nats = await startNats();
@@ -76,7 +91,7 @@ export async function startHarness(opts: { settings?: Partial<RunnerSettings> } 
     subjectPrefix: `ev${tag}`,
   });
   const model = await startModelServer({ apiKey: MODEL_KEY });
-  const git = await startGitServer({ auth: { username: GIT_USER, password: GIT_TOKEN } });
+  const git = await startGitServer({ auth: opts.gitAuth ?? { username: GIT_USER, password: GIT_TOKEN } });
   const rootDir = await mkdtemp(join(tmpdir(), "kc-sbx-"));
   const logs: string[] = [];
   const logger = createLogger({
@@ -88,6 +103,7 @@ export async function startHarness(opts: { settings?: Partial<RunnerSettings> } 
   const keys = await generateServiceKeyPair();
   const secretKeys = generateSecretKeyPair();
   const app = await createSandboxManager({
+    tokens: opts.tokens,
     driver,
     events,
     logger,
