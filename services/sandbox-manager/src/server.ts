@@ -84,7 +84,7 @@ export async function createSandboxManager(deps: SandboxManagerDeps): Promise<Sa
         if (keyOf(req.sandbox).userId !== userId) {
           throw new ConnectError("the sandbox does not belong to the caller", Code.PermissionDenied);
         }
-        return runner.interrupt(req.executionId, req.cloudAgentSessionId);
+        return runner.interrupt(req.executionId, req.cloudAgentSessionId, userId);
       },
       async removeSessionWorkspace(req, ctx) {
         const { userId } = requireIdentity(ctx.values);

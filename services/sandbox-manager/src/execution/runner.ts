@@ -72,6 +72,7 @@ const SETUP_OUTPUT_TAIL = 4_000;
 
 interface Running {
   sessionId: string;
+  userId: string;
   abort: AbortController;
   handle?: ExecHandle;
   interrupted: boolean;
@@ -104,6 +105,7 @@ export class ExecutionRunner {
     if (this.running.has(req.executionId)) return false;
     const entry: Running = {
       sessionId: req.cloudAgentSessionId,
+      userId: req.sandbox?.userId ?? "",
       abort: new AbortController(),
       interrupted: false,
     };
@@ -116,10 +118,13 @@ export class ExecutionRunner {
     return true;
   }
 
-  /** Kills the execution's whole process tree; idempotent. */
-  async interrupt(executionId: string, sessionId: string): Promise<InterruptReport> {
+  /**
+   * Kills the execution's whole process tree; idempotent. An execution of another session
+   * or user is treated like one that does not run here.
+   */
+  async interrupt(executionId: string, sessionId: string, userId?: string): Promise<InterruptReport> {
     const entry = this.running.get(executionId);
-    if (!entry || entry.sessionId !== sessionId) {
+    if (!entry || entry.sessionId !== sessionId || (userId !== undefined && entry.userId !== userId)) {
       return {
         success: true,
         killedProcessIds: [],
