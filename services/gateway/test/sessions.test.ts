@@ -269,6 +269,26 @@ describe("sessions through the gateway", () => {
     });
   });
 
+  it("ListSessions pages through the caller's sessions, newest first, and only theirs", async () => {
+    await stack.login("carol");
+    await stack.login("dave");
+    const carol = stack.sessions("carol");
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++)
+      ids.push((await carol.prepareSession(validPrepare({ prompt: `p${i}` }))).cloudAgentSessionId);
+    await stack.sessions("dave").prepareSession(validPrepare());
+    const seen: string[] = [];
+    let pageToken = "";
+    do {
+      const page = await carol.listSessions({ pageSize: 2, pageToken });
+      expect(page.sessions.length).toBeLessThanOrEqual(2);
+      seen.push(...page.sessions.map((s) => s.cloudAgentSessionId));
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+    expect(seen).toEqual([...ids].reverse());
+    expect(await codeOf(carol.listSessions({ pageToken: "garbage" }))).toBe(Code.InvalidArgument);
+  });
+
   it("DeleteSession removes the session and its executions", async () => {
     const { cloudAgentSessionId: id } = await prepare();
     const c = stack.sessions("alice");

@@ -388,6 +388,47 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
       return { session: sessionInfo(row, { ...live, heartbeatStaleMs: queue.heartbeatStaleMs }) };
     },
 
+    async listSessions(req, ctx) {
+      const { userId } = requireIdentity(ctx.values);
+      const size = req.pageSize === 0 ? 50 : req.pageSize;
+      let after: { at: string; id: string } | undefined;
+      if (req.pageToken) {
+        try {
+          const [at, id] = JSON.parse(Buffer.from(req.pageToken, "base64url").toString("utf8")) as [
+            string,
+            string,
+          ];
+          if (typeof at !== "string" || typeof id !== "string" || Number.isNaN(Date.parse(at)))
+            throw new Error("shape");
+          after = { at, id };
+        } catch {
+          throw new ConnectError(
+            "page_token: not a token from a previous ListSessions response",
+            Code.InvalidArgument,
+          );
+        }
+      }
+      const { rows } = await db("list sessions", () =>
+        pool.query<SessionRow & { cursor_at: string }>(
+          // The cursor keeps microseconds (a JavaScript Date would round them away).
+          `SELECT *, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_at
+           FROM session.sessions
+           WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2::timestamptz, $3::text))
+           ORDER BY created_at DESC, id DESC LIMIT $4`,
+          [userId, after?.at ?? null, after?.id ?? null, size + 1],
+        ),
+      );
+      const page = rows.slice(0, size);
+      const last = page.at(-1);
+      return {
+        sessions: page.map((row) => sessionInfo(row)),
+        nextPageToken:
+          rows.length > size && last
+            ? Buffer.from(JSON.stringify([last.cursor_at, last.id])).toString("base64url")
+            : "",
+      };
+    },
+
     async deleteSession(req, ctx) {
       const { userId } = requireIdentity(ctx.values);
       const id = req.cloudAgentSessionId;
