@@ -5,7 +5,7 @@ import { parseArgs } from "node:util";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type Client, Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { type Event, ExecutionHealth, SessionService, SessionState, StreamService } from "@kilo-cloud/proto";
+import { ExecutionHealth, SessionService, SessionState, StreamService } from "@kilo-cloud/proto";
 import { eventJson, exitCodeOf, Renderer } from "./render.js";
 
 /**

@@ -357,7 +357,8 @@ describe("executions with the real kilo", { timeout: 180_000 }, () => {
 describe("timeouts", { timeout: 180_000 }, () => {
   let h: Harness;
   beforeAll(async () => {
-    h = await startHarness({ settings: { executionTimeoutMs: 45_000, idleTimeoutMs: 45_000 } });
+    // Long enough for kilo to start and reach the model on a loaded 2-core machine.
+    h = await startHarness({ settings: { executionTimeoutMs: 75_000, idleTimeoutMs: 75_000 } });
     await h.git.createBareRepo("acme/widgets", { files: { "README.md": "# widgets\n" } });
   });
   afterAll(async () => {
@@ -381,14 +382,14 @@ describe("timeouts", { timeout: 180_000 }, () => {
     };
     const started = Date.now();
     await h.start(req);
-    const events = await h.untilEnd(sid, req.executionId!, 120_000);
+    // kilo reaches the model, which never answers; kilo itself would wait forever.
+    await h.model.waitForRequest(undefined, { timeoutMs: 70_000 });
+    const events = await h.untilEnd(sid, req.executionId!, 150_000);
     const last = events.at(-1)!;
     expect(describeEvent(last)).toMatch(
-      /^error:execution timed out after 45 s|^error:kilo produced no output for 45 s/,
+      /^error:execution timed out after 75 s|^error:kilo produced no output for 75 s/,
     );
-    expect(Date.now() - started).toBeLessThan(90_000);
+    expect(Date.now() - started).toBeLessThan(120_000);
     expect(kinds(events)).toContain("heartbeat");
-    // The model server was reached (kilo was waiting on it).
-    expect(h.model.requests.length).toBeGreaterThan(0);
   });
 });
