@@ -4,6 +4,7 @@ export default defineConfig({
   test: {
     include: [
       "cli/**/*.test.ts",
+      "app/**/*.test.ts",
       "packages/*/src/**/*.test.ts",
       "packages/*/test/**/*.test.ts",
       "services/*/src/**/*.test.ts",

@@ -112,21 +112,26 @@ export function ensureBubblewrap(): void {
 }
 
 export const HELM_VERSION = "v3.16.4";
+/** Stamped as helm's own release build does (go install alone leaves "v3.16" and Kubernetes 1.20). */
+const HELM_LDFLAGS = [
+  `-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}`,
+  "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1",
+  "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=31",
+  "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1",
+  "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=31",
+].join(" ");
 
-/** Builds helm into TOOLS_DIR unless that version is already there (for the chart tests). */
+/** Builds helm into TOOLS_DIR unless that very build is already there (for the chart tests). */
 export function ensureHelm(): string {
   if (process.env.HELM_BIN) return process.env.HELM_BIN;
   const bin = join(TOOLS_DIR, "helm");
-  const version =
-    spawnSync(bin, ["version", "--template", "{{.Version}}"], { encoding: "utf8" }).stdout ?? "";
-  if (version.trim() === HELM_VERSION) return bin;
+  const build = spawnSync("go", ["version", "-m", bin], { encoding: "utf8" }).stdout ?? "";
+  if (build.includes(`helm.sh/helm/v3\t${HELM_VERSION}`) && build.includes(HELM_LDFLAGS)) return bin;
   if (spawnSync("go", ["version"], { stdio: "ignore" }).status !== 0) {
     throw new Error("Go is needed to build helm (go install); or set HELM_BIN");
   }
   log(`building helm ${HELM_VERSION} (go install, once)`);
-  // go install leaves helm's version at its minor ("v3.16"): stamp the real one, as its release build does.
-  const ldflags = `-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}`;
-  execFileSync("go", ["install", "-ldflags", ldflags, `helm.sh/helm/v3/cmd/helm@${HELM_VERSION}`], {
+  execFileSync("go", ["install", "-ldflags", HELM_LDFLAGS, `helm.sh/helm/v3/cmd/helm@${HELM_VERSION}`], {
     stdio: ["ignore", "ignore", "inherit"],
     env: { ...process.env, GOBIN: TOOLS_DIR, CGO_ENABLED: "0" },
     cwd: homedir(),

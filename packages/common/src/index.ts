@@ -1,6 +1,7 @@
 export * from "./auth.js";
 export * from "./auth-interceptors.js";
 export * from "./config.js";
+export * from "./embedded/index.js";
 export * from "./events/index.js";
 export * from "./ids.js";
 export * from "./interceptors.js";

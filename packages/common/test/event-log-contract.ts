@@ -2,7 +2,13 @@ import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { type Event, EventSchema } from "@kilo-cloud/proto";
+import {
+  CompleteEventSchema,
+  ErrorEventSchema,
+  type Event,
+  EventSchema,
+  HeartbeatEventSchema,
+} from "@kilo-cloud/proto";
 import { describe, expect, it } from "vitest";
 import type { EventLog } from "../src/index.js";
 
@@ -33,6 +39,31 @@ async function collect(it: AsyncIterable<Event>, n: number): Promise<Event[]> {
 }
 
 const session = () => `agent_${randomUUID()}`;
+
+function typedEvent(sessionId: string, executionId: string, type: "complete" | "error" | "heartbeat"): Event {
+  const event = create(EventSchema, {
+    cloudAgentSessionId: sessionId,
+    executionId,
+    timestamp: timestampNow(),
+  });
+  if (type === "complete")
+    event.payload = { case: "complete", value: create(CompleteEventSchema, { exitCode: 0 }) };
+  else if (type === "error")
+    event.payload = { case: "error", value: create(ErrorEventSchema, { error: "boom" }) };
+  else event.payload = { case: "heartbeat", value: create(HeartbeatEventSchema) };
+  return event;
+}
+
+async function waitFor(what: string, cond: () => boolean, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Durable consumer names must be plain tokens (JetStream). */
+const consumerName = () => `c_${randomUUID().replaceAll("-", "")}`;
 
 /** The behaviour every event log must have (JetStream and embedded Postgres alike). */
 export function eventLogContract(name: string, harness: () => EventLogHarness): void {
@@ -126,6 +157,149 @@ export function eventLogContract(name: string, harness: () => EventLogHarness): 
       // From the last retained id on, nothing is missing.
       const rest = await collect(log.read(sid, { fromId: ids[1]!, storedOnly: true }), 10);
       expect(rest.map((e) => e.id)).toEqual([ids[2], ids[3]]);
+      // Without a fromId, reading starts at the oldest retained event.
+      const all = await collect(log.read(sid, { storedOnly: true }), 10);
+      expect(all.map((e) => e.id)).toEqual([ids[2], ids[3]]);
+    });
+
+    it("stores a message id once even when it is published concurrently", async () => {
+      const log = harness().log();
+      const sid = session();
+      const results = await Promise.all(
+        Array.from({ length: 6 }, () =>
+          log.publish({ event: statusEvent(sid, "e", "race"), msgId: `${sid}:race` }),
+        ),
+      );
+      expect(new Set(results.map((r) => r.id)).size).toBe(1);
+      expect(results.filter((r) => !r.duplicate)).toHaveLength(1);
+      expect(await collect(log.read(sid, { storedOnly: true }), 10)).toHaveLength(1);
+    });
+
+    it("a live reader gets every event of concurrent publishers, in id order, none twice", async () => {
+      const log = harness().log();
+      const sid = session();
+      const start = await log.publish({ event: statusEvent(sid, "e", "start"), msgId: `${sid}:start` });
+      const abort = new AbortController();
+      const reading = collect(log.read(sid, { fromId: start.id, signal: abort.signal }), 60);
+      const published = (
+        await Promise.all(
+          [0, 1, 2].map(async (w) => {
+            const ids: bigint[] = [];
+            for (let i = 0; i < 20; i++) {
+              ids.push(
+                (
+                  await log.publish({
+                    event: statusEvent(sid, `e${w}`, `${w}.${i}`),
+                    msgId: `${sid}:${w}:${i}`,
+                  })
+                ).id,
+              );
+            }
+            return ids;
+          }),
+        )
+      ).flat();
+      const events = await reading;
+      abort.abort();
+      const ids = events.map((e) => e.id);
+      expect(ids).toEqual([...published].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)));
+    });
+
+    it("consume delivers stored and new events of the given types only", async () => {
+      const log = harness().log();
+      const sid = session();
+      await log.publish({ event: statusEvent(sid, "x1", "not for the consumer"), msgId: `${sid}:s0` });
+      await log.publish({ event: typedEvent(sid, "x1", "heartbeat"), msgId: `${sid}:h0` });
+      const c1 = await log.publish({ event: typedEvent(sid, "x1", "complete"), msgId: `${sid}:c1` });
+      const e1 = await log.publish({ event: typedEvent(sid, "x2", "error"), msgId: `${sid}:e1` });
+      const got: Event[] = [];
+      const abort = new AbortController();
+      const running = log.consume(
+        consumerName(),
+        ["complete", "error"],
+        async (e) => {
+          if (e.cloudAgentSessionId === sid) got.push(e);
+        },
+        abort.signal,
+      );
+      await waitFor("the stored events", () => got.length >= 2);
+      await log.publish({ event: typedEvent(sid, "x3", "heartbeat"), msgId: `${sid}:h1` });
+      const c2 = await log.publish({ event: typedEvent(sid, "x3", "complete"), msgId: `${sid}:c2` });
+      await waitFor("the new event", () => got.length >= 3);
+      await new Promise((r) => setTimeout(r, 200));
+      abort.abort();
+      await running;
+      expect(got.map((e) => [e.id, e.payload.case, e.executionId])).toEqual([
+        [c1.id, "complete", "x1"],
+        [e1.id, "error", "x2"],
+        [c2.id, "complete", "x3"],
+      ]);
+    });
+
+    it("consume delivers again an event whose handler threw", async () => {
+      const log = harness().log();
+      const sid = session();
+      const { id } = await log.publish({ event: typedEvent(sid, "x1", "error"), msgId: `${sid}:e` });
+      const attempts: bigint[] = [];
+      let handled: Event | undefined;
+      const abort = new AbortController();
+      const running = log.consume(
+        consumerName(),
+        ["error"],
+        async (e) => {
+          if (e.cloudAgentSessionId !== sid) return;
+          attempts.push(e.id);
+          if (attempts.length === 1) throw new Error("not now");
+          handled = e;
+        },
+        abort.signal,
+      );
+      await waitFor("the second delivery", () => handled !== undefined);
+      abort.abort();
+      await running;
+      expect(attempts.slice(0, 2)).toEqual([id, id]);
+      expect(handled?.executionId).toBe("x1");
+    });
+
+    it("a restarted consumer of the same name continues after what the first one handled", async () => {
+      const log = harness().log();
+      const sid = session();
+      const name = consumerName();
+      const first = [
+        await log.publish({ event: typedEvent(sid, "x1", "complete"), msgId: `${sid}:1` }),
+        await log.publish({ event: typedEvent(sid, "x2", "complete"), msgId: `${sid}:2` }),
+      ];
+      const seenA: bigint[] = [];
+      const stopA = new AbortController();
+      const a = log.consume(
+        name,
+        ["complete"],
+        async (e) => {
+          if (e.cloudAgentSessionId === sid) seenA.push(e.id);
+        },
+        stopA.signal,
+      );
+      await waitFor("the first consumer", () => seenA.length >= 2);
+      stopA.abort();
+      await a;
+      expect(seenA).toEqual(first.map((r) => r.id));
+
+      const later = await log.publish({ event: typedEvent(sid, "x3", "complete"), msgId: `${sid}:3` });
+      const seenB: bigint[] = [];
+      const stopB = new AbortController();
+      const b = log.consume(
+        name,
+        ["complete"],
+        async (e) => {
+          if (e.cloudAgentSessionId === sid) seenB.push(e.id);
+        },
+        stopB.signal,
+      );
+      await waitFor("the restarted consumer", () => seenB.length >= 1);
+      await new Promise((r) => setTimeout(r, 300));
+      stopB.abort();
+      await b;
+      expect(seenB).toEqual([later.id]);
     });
   });
 }

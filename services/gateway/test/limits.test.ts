@@ -420,7 +420,6 @@ describe("API limits through the gateway", () => {
         field: "github_repo",
       })),
       ...[
-        "http://git.example.com/acme/widgets.git",
         "ssh://git@github.com/acme/widgets.git",
         "git@github.com:acme/widgets.git",
         "file:///srv/git/widgets.git",
@@ -719,6 +718,17 @@ describe("API limits through the gateway", () => {
       await expectInvalid(
         client().prepareSession(validPrepare({ callbackTarget: callback(url) })),
         "callback_target.url",
+      );
+      expect(await sessionCount()).toBe(before);
+    });
+
+    it("refuses an http git URL by policy (https only unless the deployment allows it) and stores nothing", async () => {
+      const before = await sessionCount();
+      await expectInvalid(
+        client().prepareSession(
+          validPrepare({ repository: { case: "gitUrl", value: "http://git.example.com/acme/widgets.git" } }),
+        ),
+        "git_url",
       );
       expect(await sessionCount()).toBe(before);
     });

@@ -9,7 +9,7 @@ export interface SandboxManagerConfig {
   eventsSubjectPrefix: string;
   eventsMaxAgeMs: number;
   eventsMaxBytes: number;
-  driver: "local";
+  driver: "local" | "kubernetes";
   /** Where the local driver keeps sandboxes. */
   sandboxRoot: string;
   isolation: "bwrap" | "none";
@@ -52,7 +52,7 @@ export function loadSandboxManagerConfig(env: Env): Readonly<SandboxManagerConfi
     eventsSubjectPrefix: r.string("EVENTS_SUBJECT_PREFIX", "kilo.events"),
     eventsMaxAgeMs: r.int("EVENTS_MAX_AGE_MS", 7 * 24 * 3600 * 1000, { min: 60_000 }),
     eventsMaxBytes: r.int("EVENTS_MAX_BYTES", 10 * 1024 ** 3, { min: 1024 * 1024 }),
-    driver: r.oneOf("SANDBOX_DRIVER", ["local"] as const, "local"),
+    driver: r.oneOf("SANDBOX_DRIVER", ["local", "kubernetes"] as const, "local"),
     sandboxRoot: r.string("SANDBOX_ROOT", "/var/lib/kilo-cloud"),
     isolation: r.oneOf("SANDBOX_ISOLATION", ["bwrap", "none"] as const, "bwrap"),
     kiloBinary: r.optional("KILO_BIN"),

@@ -1,6 +1,9 @@
 import { createLogger, createServiceTokenSigner, JetStreamEventLog, listen } from "@kilo-cloud/common";
 import { createTokenClient, TOKEN_SERVICE_CALLER_ISSUER } from "@kilo-cloud/token/client";
 import { loadSandboxManagerConfig } from "./config.js";
+import type { Driver } from "./drivers/driver.js";
+import { kubernetesDriverOptions, loadKubernetesDriverConfig } from "./drivers/kubernetes/config.js";
+import { KubernetesDriver } from "./drivers/kubernetes/kubernetes-driver.js";
 import { LocalDriver } from "./drivers/local/local-driver.js";
 import { DEFAULT_RUNNER_SETTINGS } from "./execution/runner.js";
 import { packagedKiloBinary } from "./kilo/command.js";
@@ -8,17 +11,20 @@ import { createSandboxManager } from "./server.js";
 
 const config = loadSandboxManagerConfig(process.env);
 const logger = createLogger({ service: "sandbox-manager", level: config.logLevel });
-const kiloBinary = config.kiloBinary ?? packagedKiloBinary();
-if (!kiloBinary) {
-  logger.fatal("no kilo binary: install @kilocode/cli-linux-x64 or set KILO_BIN");
-  process.exit(1);
+async function createDriver(): Promise<Driver> {
+  if (config.driver === "kubernetes") {
+    // kilo, git and the tools live in the sandbox image; the pods are the sandboxes.
+    const k8s = loadKubernetesDriverConfig(process.env);
+    return KubernetesDriver.create({ ...kubernetesDriverOptions(k8s), logger });
+  }
+  const kiloBinary = config.kiloBinary ?? packagedKiloBinary();
+  if (!kiloBinary) {
+    logger.fatal("no kilo binary: install @kilocode/cli-linux-x64 or set KILO_BIN");
+    process.exit(1);
+  }
+  return LocalDriver.create({ rootDir: config.sandboxRoot, isolation: config.isolation, kiloBinary, logger });
 }
-const driver = await LocalDriver.create({
-  rootDir: config.sandboxRoot,
-  isolation: config.isolation,
-  kiloBinary,
-  logger,
-});
+const driver = await createDriver();
 const events = await JetStreamEventLog.connect({
   servers: config.natsUrl,
   stream: config.eventsStream,

@@ -27,6 +27,7 @@ export interface SessionConfig {
     heartbeatStaleMs: number;
     callbackSigningSecret?: string | undefined;
     callbackPolicy: OutboundPolicy;
+    allowInsecureGit: boolean;
   };
   logLevel: string;
 }
@@ -66,6 +67,7 @@ export function loadSessionConfig(env: Env): Readonly<SessionConfig> {
             staleAfterMs: r.int("EXECUTION_STALE_MS", 10 * 60_000, { min: 1_000 }),
             heartbeatStaleMs: r.int("HEARTBEAT_STALE_MS", 90_000, { min: 1_000 }),
             callbackSigningSecret,
+            allowInsecureGit: r.bool("GIT_ALLOW_INSECURE", false),
             callbackPolicy: {
               allowHttp: r.bool("CALLBACK_ALLOW_HTTP", false),
               allowLoopback: r.bool("CALLBACK_ALLOW_LOOPBACK", false),

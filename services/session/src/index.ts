@@ -1,3 +1,4 @@
+export { CallbackSender, verifyCallbackSignature } from "./callbacks/callbacks.js";
 export { loadSessionConfig, type SessionConfig } from "./config.js";
 export type { CallbackPayload, CallbackSenderLike, CallbackTargetJson } from "./dispatch/callback-outbox.js";
 export {

@@ -31,6 +31,7 @@ const app = await createSessionService({
           dispatcher: { queueExpiryMs: x.queueExpiryMs, staleAfterMs: x.staleAfterMs },
           queue: { maxWaiting: x.queueMaxWaiting, heartbeatStaleMs: x.heartbeatStaleMs },
           callbackPolicy: x.callbackPolicy,
+          allowInsecureGit: x.allowInsecureGit,
           ...(x.callbackSigningSecret
             ? {
                 callbacks: new CallbackSender({

@@ -45,6 +45,8 @@ export interface ExecutionDeps {
   callbacks?: CallbackSenderLike;
   /** Where callbacks may go; checked when a session is prepared and again at connect time. */
   callbackPolicy?: OutboundPolicy;
+  /** Accept http:// git URLs (tests and the offline demo only). */
+  allowInsecureGit?: boolean;
 }
 
 export interface SessionServiceDeps {
@@ -116,6 +118,7 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
         queue,
         logger: deps.logger,
         callbackPolicy: x?.callbackPolicy ?? { allowHttp: false, allowLoopback: false },
+        allowInsecureGit: x?.allowInsecureGit ?? false,
       }),
     );
   };

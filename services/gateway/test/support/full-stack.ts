@@ -34,7 +34,9 @@ import {
   type TestNats,
   writeKiloReplayer,
 } from "@kilo-cloud/testing";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { SignJWT } from "jose";
+import { CallbackSender } from "../../../session/src/callbacks/callbacks.js";
 import { createGateway } from "../../src/index.js";
 
 export const GIT_TOKEN = `ghs_${randomBytes(18).toString("hex")}`;
@@ -48,6 +50,12 @@ export interface FullStackOptions {
   queue?: { maxWaiting?: number; heartbeatStaleMs?: number };
   dispatcher?: { queueExpiryMs?: number; staleAfterMs?: number; sweepIntervalMs?: number };
   callbacks?: CallbackSenderLike;
+  /**
+   * A real CallbackSender (signed POSTs with retries through safeFetch) whose outbound
+   * policy allows http and loopback, so a receiver on 127.0.0.1 can be used; the session
+   * service's callback-URL policy is relaxed the same way. Takes precedence over `callbacks`.
+   */
+  callbackSender?: { secret: string; baseDelayMs?: number; maxAttempts?: number; timeoutMs?: number };
   keepaliveMs?: number;
 }
 
@@ -64,6 +72,13 @@ export interface FullStack extends AsyncDisposable {
   git: GitServer;
   db: Pool;
   logs: string[];
+  /** The JetStream stream that holds the events. */
+  eventsStream: string;
+  /**
+   * Purges the stored events with an id (stream sequence) below `beforeId`, as retention
+   * would; returns the id of the oldest event still retained.
+   */
+  purgeEvents(beforeId: bigint): Promise<bigint>;
   login(userId: string): Promise<string>;
   sessions(userId: string): Client<typeof SessionService>;
   stream(userId?: string): Client<typeof StreamService>;
@@ -79,6 +94,21 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
     cleanup.push(async () => nats[Symbol.asyncDispose]());
     const tag = randomBytes(4).toString("hex");
     const eventsOpts = { servers: nats.url, stream: `KILO_EVENTS_${tag}`, subjectPrefix: `ev${tag}` };
+    const loopbackPolicy = { allowHttp: true, allowLoopback: true };
+    const callbacks = opts.callbackSender
+      ? new CallbackSender({
+          secret: opts.callbackSender.secret,
+          policy: loopbackPolicy,
+          logger: logger("callbacks"),
+          baseDelayMs: opts.callbackSender.baseDelayMs ?? 50,
+          ...(opts.callbackSender.maxAttempts !== undefined
+            ? { maxAttempts: opts.callbackSender.maxAttempts }
+            : {}),
+          ...(opts.callbackSender.timeoutMs !== undefined
+            ? { timeoutMs: opts.callbackSender.timeoutMs }
+            : {}),
+        })
+      : opts.callbacks;
     const connectEvents = async (name: string) => {
       const log = await JetStreamEventLog.connect({ ...eventsOpts, name });
       cleanup.push(() => log.close());
@@ -147,7 +177,8 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
         events: await connectEvents("session"),
         dispatcher: { sweepIntervalMs: 500, ...opts.dispatcher },
         queue: opts.queue ?? {},
-        ...(opts.callbacks ? { callbacks: opts.callbacks } : {}),
+        ...(callbacks ? { callbacks } : {}),
+        ...(opts.callbackSender ? { callbackPolicy: loopbackPolicy } : {}),
       },
     });
     cleanup.push(() => session.close());
@@ -156,6 +187,7 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
 
     // gateway
     const hs256Secret = randomBytes(32).toString("hex");
+    const gatewayEvents = await connectEvents("gateway");
     const gateway = await createGateway({
       logger: logger("gateway"),
       userTokens: { hs256Secret },
@@ -163,7 +195,7 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
       serviceTokenPrivateKey: gatewayKeys.privateKeyPem,
       streamTicketSecret: randomBytes(32).toString("hex"),
       sessionServiceUrl: sessionServer.url,
-      events: await connectEvents("gateway"),
+      events: gatewayEvents,
       keepaliveMs: opts.keepaliveMs ?? 5_000,
     });
     cleanup.push(async () => gateway.close());
@@ -192,6 +224,12 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
       git,
       db: pool,
       logs,
+      eventsStream: eventsOpts.stream,
+      async purgeEvents(beforeId) {
+        const jsm = await jetstreamManager(gatewayEvents.nc);
+        await jsm.streams.purge(eventsOpts.stream, { seq: Number(beforeId) });
+        return BigInt((await jsm.streams.info(eventsOpts.stream)).state.first_seq);
+      },
       async login(userId) {
         const t = await new SignJWT({})
           .setProtectedHeader({ alg: "HS256" })

@@ -410,6 +410,9 @@ export class ExecutionRunner {
             case: "interrupted",
             value: { reason: "interrupted by the user", killedProcessIds: [] },
           });
+        } else if (err instanceof Error && err.name === "SandboxLostError") {
+          // The sandbox (e.g. its pod) disappeared under the run; the next one recreates it.
+          ev.error(`the sandbox was lost while the execution ran: ${err.message}`);
         } else {
           ev.error("the execution failed because of an internal error");
         }

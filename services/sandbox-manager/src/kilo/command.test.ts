@@ -1,3 +1,4 @@
+// biome-ignore-all lint/suspicious/noTemplateCurlyInString: ${env:NAME} is kilo's reference syntax under test
 import { describe, expect, it } from "vitest";
 import { agentForMode, kiloInvocation, kiloMcpConfig, resolveEnvRefs } from "./command.js";
 

@@ -130,13 +130,15 @@ export class Dispatcher {
 
   /**
    * Records a terminal status (once: later reports of the same execution change nothing),
-   * queues the completion callback, and starts the session's next message.
+   * queues the completion callback, runs `beforeNext` (only when this call recorded it),
+   * and starts the session's next message.
    */
   async finish(
     executionId: string,
     status: TerminalStatus,
     errorMessage?: string,
     extra: { exitCode?: number; branch?: string } = {},
+    beforeNext?: (sessionId: string) => Promise<void>,
   ): Promise<boolean> {
     const sessionId = await inTransaction(this.deps.pool, async (tx) => {
       const { rows } = await tx.query<ExecutionRow>(
@@ -153,6 +155,7 @@ export class Dispatcher {
     });
     if (!sessionId) return false;
     this.deps.onFinished?.();
+    await beforeNext?.(sessionId);
     await this.kick(sessionId).catch((err: unknown) =>
       this.deps.logger.error(
         { sessionId, err: (err as Error).message },
@@ -183,8 +186,11 @@ export class Dispatcher {
       );
       for (const e of expired.rows) {
         const message = `the message waited longer than ${Math.round(settings.queueExpiryMs / 60_000)} min in the queue and expired`;
-        if (await this.finish(e.id, "expired", message))
-          await this.publishError(e.session_id, e.id, "expired", message);
+        // The error event goes out before the next message can start, so the stream never
+        // shows the next execution ahead of this one's end.
+        await this.finish(e.id, "expired", message, {}, () =>
+          this.publishError(e.session_id, e.id, "expired", message),
+        );
       }
       const stale = await pool.query<{
         id: string;
@@ -201,9 +207,11 @@ export class Dispatcher {
       );
       for (const e of stale.rows) {
         const message = `no heartbeat from the execution for ${Math.round(settings.staleAfterMs / 1000)} s; it was marked failed`;
-        if (await this.finish(e.id, "failed", message)) {
+        // Its error event, and stopping it if it still runs somewhere (best effort), come
+        // before the next message starts: otherwise the next execution's events precede
+        // this one's end on the stream, and two runs may share the workspace for a while.
+        await this.finish(e.id, "failed", message, {}, async () => {
           await this.publishError(e.session_id, e.id, "stale", message);
-          // Best effort: if it still runs somewhere, stop it.
           await this.deps.sandbox
             .interrupt(
               {
@@ -218,7 +226,7 @@ export class Dispatcher {
               { timeoutMs: settings.sandboxTimeoutMs },
             )
             .catch(() => undefined);
-        }
+        });
       }
       const waiting = await pool.query<{ session_id: string }>(
         `SELECT DISTINCT q.session_id FROM session.executions q

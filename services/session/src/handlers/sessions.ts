@@ -62,6 +62,8 @@ export interface SessionHandlerDeps {
   logger?: Logger;
   /** Callback URLs must pass this policy (no DNS yet: literal addresses and schemes). */
   callbackPolicy?: OutboundPolicy;
+  /** Accept http:// git URLs (tests and the offline demo); https only otherwise. */
+  allowInsecureGit?: boolean;
 }
 
 import { sealContext } from "./seal-context.js";
@@ -306,6 +308,13 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
     ids: { id: string; kiloSessionId: string },
   ): Promise<SessionRow | undefined> => {
     const { userId } = requireIdentity(ctx.values);
+    if (
+      req.repository.case === "gitUrl" &&
+      !req.repository.value.startsWith("https://") &&
+      !deps.allowInsecureGit
+    ) {
+      throw new ConnectError("git_url: must be an https URL", Code.InvalidArgument);
+    }
     if (req.callbackTarget && deps.callbackPolicy) {
       // Early refusal of URLs that can never be allowed. A name that does not resolve now
       // is accepted: every delivery checks the addresses again when it connects.
