@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ConnectRouter, createClient } from "@connectrpc/connect";
@@ -71,6 +72,8 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
   );
   const tickets = createStreamTickets(deps.streamTicketSecret);
   const shutdown = new AbortController();
+  // Every open stream listens on the shutdown signal; thousands of them are expected.
+  setMaxListeners(0, shutdown.signal);
 
   /** Issues a ticket after the session service confirms the caller owns the session. */
   const issueTicket = async (identity: Identity, cloudAgentSessionId: string, signal: AbortSignal) => {

@@ -92,7 +92,7 @@ export class Dispatcher {
       const next = rows[0];
       if (!next) return undefined;
       await tx.query(
-        "UPDATE session.executions SET status = 'started', started_at = now(), last_heartbeat_at = now() WHERE id = $1",
+        "UPDATE session.executions SET status = 'started', started_at = clock_timestamp(), last_heartbeat_at = clock_timestamp() WHERE id = $1",
         [next.id],
       );
       return { execution: next, session, first: next.seq === next.first_seq };
@@ -103,7 +103,10 @@ export class Dispatcher {
     try {
       request = this.startRequest(session, execution, first);
     } catch (err) {
-      await this.finish(execution.id, "failed", "the session's stored configuration could not be opened");
+      const message = "the session's stored configuration could not be opened";
+      await this.finish(execution.id, "failed", message, {}, () =>
+        this.publishError(sessionId, execution.id, "config", message),
+      );
       this.deps.logger.error(
         { executionId: execution.id, err: (err as Error).message },
         "could not build the start request",
@@ -143,7 +146,7 @@ export class Dispatcher {
     const sessionId = await inTransaction(this.deps.pool, async (tx) => {
       const { rows } = await tx.query<ExecutionRow>(
         `UPDATE session.executions
-         SET status = $2, error_message = $3, exit_code = $4, finished_at = now()
+         SET status = $2, error_message = $3, exit_code = $4, finished_at = clock_timestamp()
          WHERE id = $1 AND status IN ('queued', 'started')
          RETURNING *`,
         [executionId, status, errorMessage ?? null, extra.exitCode ?? null],
@@ -185,7 +188,7 @@ export class Dispatcher {
         [settings.queueExpiryMs],
       );
       for (const e of expired.rows) {
-        const message = `the message waited longer than ${Math.round(settings.queueExpiryMs / 60_000)} min in the queue and expired`;
+        const message = `the message waited longer than ${duration(settings.queueExpiryMs)} in the queue and expired`;
         // The error event goes out before the next message can start, so the stream never
         // shows the next execution ahead of this one's end.
         await this.finish(e.id, "expired", message, {}, () =>
@@ -347,4 +350,12 @@ export class Dispatcher {
       firstExecution: first,
     });
   }
+}
+
+/** "90 s", "10 min", "1 h 30 min": for messages people read. */
+function duration(ms: number): string {
+  if (ms < 120_000) return `${Math.round(ms / 1000)} s`;
+  const minutes = Math.round(ms / 60_000);
+  if (minutes < 120) return `${minutes} min`;
+  return `${Math.floor(minutes / 60)} h${minutes % 60 ? ` ${minutes % 60} min` : ""}`;
 }
