@@ -174,8 +174,10 @@ async function follow(
           if (!event) continue;
           last = event.id;
           if (opts.untilExecution && event.executionId !== opts.untilExecution) continue;
+          // The renderer also keeps the run's outcome, so it sees every event even with --json.
+          const lines = renderer.render(event);
           if (opts.json) print(eventJson(event));
-          else for (const line of renderer.render(event)) print(line);
+          else for (const line of lines) print(line);
           if (event.payload.case === "status") spinner.set(event.payload.value.message);
           if (event.payload.case === "kilocode") spinner.set("kilo is working");
           if (opts.untilExecution && TERMINAL.has(event.payload.case ?? ""))
@@ -196,6 +198,8 @@ async function follow(
       }
     }
   } finally {
+    // Leaving the loop does not end an HTTP/1.1 stream by itself: cancel it.
+    abort.abort();
     process.off("SIGINT", onSigint);
     spinner.stop();
   }
@@ -374,5 +378,8 @@ export async function run(): Promise<void> {
       `kilo-cloud: ${Code[ce.code]?.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase() ?? "error"}: ${reason}`,
     );
     process.exitCode = 1;
+  } finally {
+    // Pooled keep-alive connections must not keep a finished command waiting.
+    setTimeout(() => process.exit(), 1_000).unref();
   }
 }
