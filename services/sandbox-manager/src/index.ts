@@ -2,6 +2,7 @@ export { loadSandboxManagerConfig, type SandboxManagerConfig } from "./config.js
 export * from "./drivers/driver.js";
 export { LocalDriver } from "./drivers/local/local-driver.js";
 export {
+  baseSessionEnvironment,
   DEFAULT_RUNNER_SETTINGS,
   ExecutionRunner,
   type RepositoryTokens,

@@ -136,7 +136,9 @@ export class JetStreamEventLog implements EventLog {
     }
     if (opts.storedOnly && fromId >= lastSeq) return;
     const consumer = await this.js.consumers.get(this.streamName, {
-      filter_subjects: [this.subject(sessionId, ">")],
+      // One filter as a string: nats-server takes a much slower path for a list (measured 154 ms vs 3.5 ms
+      // to the first event with 295k other events in the stream; see bench/README.md).
+      filter_subjects: this.subject(sessionId, ">"),
       ...(fromId > 0n
         ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Number(fromId + 1n) }
         : { deliver_policy: DeliverPolicy.All }),

@@ -497,12 +497,19 @@ function sessionEnvironment(
   workspace: string,
   secrets: Record<string, string>,
 ): Record<string, string> {
+  return { ...req.envVars, ...secrets, ...baseSessionEnvironment(req.cloudAgentSessionId, home, workspace) };
+}
+
+/** What every process of a session gets whatever its configuration: PATH, HOME and XDG dirs under the session's HOME, … */
+export function baseSessionEnvironment(
+  sessionId: string,
+  home: string,
+  workspace: string,
+): Record<string, string> {
   return {
-    ...req.envVars,
-    ...secrets,
     PATH,
     HOME: home,
-    SESSION_ID: req.cloudAgentSessionId,
+    SESSION_ID: sessionId,
     SESSION_HOME: home,
     XDG_CONFIG_HOME: `${home}/.config`,
     XDG_DATA_HOME: `${home}/.local/share`,
