@@ -8,6 +8,7 @@ export * from "./interceptors.js";
 export * from "./logger.js";
 export * from "./metrics.js";
 export * from "./net/index.js";
+export * from "./outage.js";
 export * from "./pg.js";
 export * from "./seal.js";
 export * from "./server.js";

@@ -4,6 +4,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { validationRegistryFiles } from "@kilo-cloud/proto";
 import { Counter, Histogram, type Registry } from "prom-client";
 import type { Logger } from "./logger.js";
+import { isOutage } from "./outage.js";
 
 /** The protovalidate validator with this API's predefined rules registered. */
 export function createApiValidator(): Validator {
@@ -105,8 +106,21 @@ export function createObservabilityInterceptor(logger: Logger, registry: Registr
   };
 }
 
-/** Wraps an infrastructure failure: the caller sees a fixed text, the cause stays inside. */
+/**
+ * Wraps an infrastructure failure: the caller sees a fixed text, the cause stays inside.
+ * A dependency's outage (database or NATS down or restarting) answers the retryable
+ * `UNAVAILABLE`; anything else `INTERNAL`.
+ */
 export function internalError(what: string, cause: unknown): ConnectError {
+  if (isOutage(cause)) {
+    return new ConnectError(
+      `${what}: temporarily unavailable, retry`,
+      Code.Unavailable,
+      undefined,
+      undefined,
+      cause,
+    );
+  }
   return new ConnectError(what, Code.Internal, undefined, undefined, cause);
 }
 
