@@ -42,6 +42,8 @@ export interface JetStreamEventLogOptions {
 }
 
 const NS = 1_000_000;
+/** How long a durable consumer waits for an ack before redelivering an event. */
+const CONSUMER_ACK_WAIT_MS = 5_000;
 
 /** The JetStream stream configuration derived from the options (file storage, limits). */
 export function streamConfig(opts: JetStreamEventLogOptions): Partial<StreamConfig> & { name: string } {
@@ -171,12 +173,17 @@ export class JetStreamEventLog implements EventLog {
       ack_policy: AckPolicy.Explicit,
       deliver_policy: DeliverPolicy.All,
       filter_subjects: types.map((t) => this.subject("*", t)),
-      ack_wait: 30 * NS * 1000,
+      // A consumer that died mid-event (a session replica killed) has it redelivered this
+      // soon; handling one event takes milliseconds.
+      ack_wait: CONSUMER_ACK_WAIT_MS * NS,
       max_deliver: -1,
     };
     try {
       await this.jsm.consumers.info(this.streamName, name);
-      await this.jsm.consumers.update(this.streamName, name, { filter_subjects: config.filter_subjects });
+      await this.jsm.consumers.update(this.streamName, name, {
+        filter_subjects: config.filter_subjects,
+        ack_wait: config.ack_wait,
+      });
     } catch (err) {
       if (!(err instanceof JetStreamApiError && err.status === 404)) throw err;
       await this.jsm.consumers.add(this.streamName, config);

@@ -41,21 +41,32 @@ export async function handleLifecycleEvent(dispatcher: Dispatcher, event: Event)
   }
 }
 
-export function startLifecycleConsumer(opts: {
+/** Pause before consuming again after the consumer failed (NATS or the database away). */
+const RESTART_DELAY_MS = 1_000;
+
+/**
+ * Consumes until `signal` aborts. A failure of the consumer itself (the event log
+ * unreachable when it binds, or lost later) is logged and the consumer starts again after a
+ * pause: the durable state keeps its place, so nothing is skipped.
+ */
+export async function startLifecycleConsumer(opts: {
   events: EventLog;
   dispatcher: Dispatcher;
   logger: Logger;
   signal: AbortSignal;
 }): Promise<void> {
-  return opts.events
-    .consume(
-      LIFECYCLE_CONSUMER,
-      ["complete", "error", "interrupted", "heartbeat"],
-      (e) => handleLifecycleEvent(opts.dispatcher, e),
-      opts.signal,
-    )
-    .catch((err: unknown) => {
-      if (!opts.signal.aborted)
-        opts.logger.error({ err: (err as Error).message }, "lifecycle consumer stopped");
-    });
+  while (!opts.signal.aborted) {
+    try {
+      await opts.events.consume(
+        LIFECYCLE_CONSUMER,
+        ["complete", "error", "interrupted", "heartbeat"],
+        (e) => handleLifecycleEvent(opts.dispatcher, e),
+        opts.signal,
+      );
+    } catch (err) {
+      if (opts.signal.aborted) return;
+      opts.logger.warn({ err }, "lifecycle consumer failed; starting it again");
+      await new Promise((r) => setTimeout(r, RESTART_DELAY_MS));
+    }
+  }
 }
