@@ -34,7 +34,13 @@ import { streamTicketRoute } from "./handlers/ticket-route.js";
 const SESSION_AUDIENCE = "kilo-cloud-session";
 
 const INTERNAL_METHODS = new Set(
-  ["PrepareSession", "PrepareLegacySession", "UpdateSession"].map((m) => `${SessionService.typeName}/${m}`),
+  [
+    "PrepareSession",
+    "PrepareLegacySession",
+    "UpdateSession",
+    "ListCallbackDeliveries",
+    "RedeliverCallback",
+  ].map((m) => `${SessionService.typeName}/${m}`),
 );
 /** Subscribe authenticates in its handler: a stream ticket or a bearer token. */
 const PUBLIC_METHODS = new Set([`${StreamService.typeName}/Subscribe`]);

@@ -5,6 +5,8 @@ import {
   parseSealingKeys,
   type SealingKey,
 } from "@kilo-cloud/common";
+import { DEFAULT_RETRY_SCHEDULE_MS, parseRetrySchedule } from "./callbacks/retry-schedule.js";
+import { webhookKey } from "./callbacks/standard-webhooks.js";
 
 export interface SessionConfig {
   port: number;
@@ -26,6 +28,8 @@ export interface SessionConfig {
     staleAfterMs: number;
     heartbeatStaleMs: number;
     callbackSigningSecret?: string | undefined;
+    /** Delays between a callback's attempts (CALLBACK_RETRY_SCHEDULE, e.g. `5s,5m,30m,2h`). */
+    callbackRetryScheduleMs: number[];
     callbackPolicy: OutboundPolicy;
     allowInsecureGit: boolean;
   };
@@ -45,8 +49,21 @@ export function loadSessionConfig(env: Env): Readonly<SessionConfig> {
   }
   const sandboxManagerUrl = r.optional("SANDBOX_MANAGER_URL");
   const callbackSigningSecret = r.optional("CALLBACK_SIGNING_SECRET");
-  if (callbackSigningSecret !== undefined && Buffer.byteLength(callbackSigningSecret) < 32) {
-    r.problem("CALLBACK_SIGNING_SECRET must be at least 32 bytes");
+  if (callbackSigningSecret !== undefined) {
+    try {
+      webhookKey(callbackSigningSecret);
+    } catch (err) {
+      r.problem(`CALLBACK_SIGNING_SECRET: ${(err as Error).message}`);
+    }
+  }
+  let callbackRetryScheduleMs: number[] = [...DEFAULT_RETRY_SCHEDULE_MS];
+  const schedule = r.optional("CALLBACK_RETRY_SCHEDULE");
+  if (schedule !== undefined) {
+    try {
+      callbackRetryScheduleMs = parseRetrySchedule(schedule);
+    } catch (err) {
+      r.problem(`CALLBACK_RETRY_SCHEDULE: ${(err as Error).message}`);
+    }
   }
   const config: SessionConfig = {
     port: r.int("PORT", 8081, { min: 0, max: 65535 }),
@@ -67,6 +84,7 @@ export function loadSessionConfig(env: Env): Readonly<SessionConfig> {
             staleAfterMs: r.int("EXECUTION_STALE_MS", 10 * 60_000, { min: 1_000 }),
             heartbeatStaleMs: r.int("HEARTBEAT_STALE_MS", 90_000, { min: 1_000 }),
             callbackSigningSecret,
+            callbackRetryScheduleMs,
             allowInsecureGit: r.bool("GIT_ALLOW_INSECURE", false),
             callbackPolicy: {
               allowHttp: r.bool("CALLBACK_ALLOW_HTTP", false),

@@ -1,6 +1,13 @@
-export { CallbackSender, verifyCallbackSignature } from "./callbacks/callbacks.js";
+export {
+  type AttemptResult,
+  type CallbackPayload,
+  CallbackSender,
+  type CallbackTarget,
+} from "./callbacks/callbacks.js";
+export { DEFAULT_RETRY_SCHEDULE_MS, parseRetrySchedule } from "./callbacks/retry-schedule.js";
+export { generateWebhookSecret, receiverSecret } from "./callbacks/standard-webhooks.js";
 export { loadSessionConfig, type SessionConfig } from "./config.js";
-export type { CallbackPayload, CallbackSenderLike, CallbackTargetJson } from "./dispatch/callback-outbox.js";
+export type { CallbackSenderLike } from "./dispatch/callback-outbox.js";
 export {
   createSessionService,
   migrateSessionSchema,

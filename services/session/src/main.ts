@@ -32,6 +32,7 @@ const app = await createSessionService({
           queue: { maxWaiting: x.queueMaxWaiting, heartbeatStaleMs: x.heartbeatStaleMs },
           callbackPolicy: x.callbackPolicy,
           allowInsecureGit: x.allowInsecureGit,
+          callbackRetryScheduleMs: x.callbackRetryScheduleMs,
           ...(x.callbackSigningSecret
             ? {
                 callbacks: new CallbackSender({

@@ -21,6 +21,7 @@ import { SessionService } from "@kilo-cloud/proto";
 import { CallbackOutbox, type CallbackSenderLike } from "./dispatch/callback-outbox.js";
 import { DEFAULT_DISPATCHER_SETTINGS, Dispatcher, type DispatcherSettings } from "./dispatch/dispatcher.js";
 import { startLifecycleConsumer } from "./dispatch/lifecycle.js";
+import { callbackDeliveryHandlers } from "./handlers/callback-deliveries.js";
 import { type QueueSettings, sessionHandlers } from "./handlers/sessions.js";
 import { createSandboxClient, type SandboxClient } from "./sandbox/client.js";
 
@@ -31,7 +32,13 @@ export const MIGRATIONS_DIR = fileURLToPath(new URL("./migrations", import.meta.
 
 /** Methods only backends may call (the gateway checked the internal API key). */
 const INTERNAL_METHODS = new Set(
-  ["PrepareSession", "PrepareLegacySession", "UpdateSession"].map((m) => `${SessionService.typeName}/${m}`),
+  [
+    "PrepareSession",
+    "PrepareLegacySession",
+    "UpdateSession",
+    "ListCallbackDeliveries",
+    "RedeliverCallback",
+  ].map((m) => `${SessionService.typeName}/${m}`),
 );
 
 export interface ExecutionDeps {
@@ -43,6 +50,8 @@ export interface ExecutionDeps {
   queue?: Partial<QueueSettings>;
   /** Completion callbacks; without a sender, callbacks are recorded but not sent. */
   callbacks?: CallbackSenderLike;
+  /** Delays between a callback's attempts (hours by default: DEFAULT_RETRY_SCHEDULE_MS). */
+  callbackRetryScheduleMs?: readonly number[];
   /** Where callbacks may go; checked when a session is prepared and again at connect time. */
   callbackPolicy?: OutboundPolicy;
   /** Accept http:// git URLs (tests and the offline demo only). */
@@ -86,7 +95,13 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
   if (x) {
     sandbox = await createSandboxClient({ baseUrl: x.sandboxUrl, privateKeyPem: x.serviceTokenPrivateKey });
     if (x.callbacks) {
-      outbox = new CallbackOutbox({ pool: deps.pool, sealer, sender: x.callbacks, logger: deps.logger });
+      outbox = new CallbackOutbox({
+        pool: deps.pool,
+        sealer,
+        sender: x.callbacks,
+        logger: deps.logger,
+        ...(x.callbackRetryScheduleMs ? { retryScheduleMs: x.callbackRetryScheduleMs } : {}),
+      });
     }
     const d = new Dispatcher({
       pool: deps.pool,
@@ -108,9 +123,9 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
     });
   }
   const routes = (router: ConnectRouter) => {
-    router.service(
-      SessionService,
-      sessionHandlers({
+    router.service(SessionService, {
+      ...callbackDeliveryHandlers({ pool: deps.pool, onRedeliver: () => outbox?.wake() }),
+      ...sessionHandlers({
         pool: deps.pool,
         sealer,
         dispatcher,
@@ -120,7 +135,7 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
         callbackPolicy: x?.callbackPolicy ?? { allowHttp: false, allowLoopback: false },
         allowInsecureGit: x?.allowInsecureGit ?? false,
       }),
-    );
+    });
   };
   const handler = createServiceHandler({
     routes,

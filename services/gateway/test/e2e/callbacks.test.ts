@@ -1,16 +1,19 @@
-import { randomBytes } from "node:crypto";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
+import { Code } from "@connectrpc/connect";
+import { CallbackDeliveryStatus } from "@kilo-cloud/proto";
+import { generateWebhookSecret } from "@kilo-cloud/session";
+import { Webhook } from "standardwebhooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { verifyCallbackSignature } from "../../../session/src/callbacks/callbacks.js";
 import { type FullStack, startFullStack } from "../support/full-stack.js";
 import { prepareSession, readUntilTerminals, subscribe } from "./helpers.js";
 
 /**
  * Completion callbacks end to end: a terminal status recorded by the session service goes
- * through the callback outbox and a real CallbackSender (signed POST, retries, safeFetch)
- * to a receiver on loopback. The deployment policy of this stack allows http and loopback
+ * through the callback outbox and a real CallbackSender (Standard Webhooks POST, safeFetch;
+ * the outbox's retry schedule shortened to milliseconds) to a receiver on loopback, which
+ * verifies every request with the `standardwebhooks` library. The deployment policy of this stack allows http and loopback
  * targets (the proto accepts http URLs; the policy decides).
  *
  * The agent binary is the KILO REPLAYER (packages/testing/src/kilo-replayer.ts), a
@@ -19,7 +22,11 @@ import { prepareSession, readUntilTerminals, subscribe } from "./helpers.js";
  * failing setup command on a session's first execution (which ends it with an `error`).
  */
 
-const SECRET = randomBytes(32).toString("hex");
+const SECRET = generateWebhookSecret();
+/** Delays between attempts: four attempts in all. */
+const RETRY_SCHEDULE_MS = [100, 200, 300];
+/** An answer the receiver never sends: it holds the request open. */
+const HANG = 0;
 
 interface Delivery {
   headers: IncomingHttpHeaders;
@@ -48,6 +55,7 @@ class Receiver {
         } catch {}
         const status = this.script.get(String(json.cloudAgentSessionId))?.shift() ?? 200;
         this.deliveries.push({ headers: req.headers, body, json, answered: status });
+        if (status === HANG) return;
         res.writeHead(status, { "content-type": "text/plain" }).end(status === 200 ? "ok" : "busy");
       });
     });
@@ -65,14 +73,16 @@ class Receiver {
   }
 }
 
-describe("completion callbacks (kilo replayer, 150 ms per line)", { timeout: 120_000 }, () => {
+describe("completion callbacks (Standard Webhooks; kilo replayer, 150 ms per line)", {
+  timeout: 120_000,
+}, () => {
   let stack: FullStack;
   const receiver = new Receiver();
   beforeAll(async () => {
     await receiver.start();
     stack = await startFullStack({
       kilo: { replay: "stream-write-tool.jsonl", lineDelayMs: 150 },
-      callbackSender: { secret: SECRET, baseDelayMs: 50 },
+      callbackSender: { secret: SECRET, retryScheduleMs: RETRY_SCHEDULE_MS, timeoutMs: 30_000 },
     });
     await stack.login("alice");
   });
@@ -98,19 +108,34 @@ describe("completion callbacks (kilo replayer, 150 ms per line)", { timeout: 120
   }
 
   function expectSigned(d: Delivery): void {
-    const ts = String(d.headers["x-kilo-timestamp"]);
-    const sig = String(d.headers["x-kilo-signature"]);
-    expect(verifyCallbackSignature(SECRET, ts, d.body, sig)).toBe(true);
-    // Bound to the secret, the body and the timestamp.
-    expect(verifyCallbackSignature(randomBytes(32).toString("hex"), ts, d.body, sig)).toBe(false);
-    expect(verifyCallbackSignature(SECRET, ts, d.body.replace(/"status":"\w+"/, '"status":"x"'), sig)).toBe(
-      false,
-    );
-    expect(verifyCallbackSignature(SECRET, Number(ts) + 1, d.body, sig)).toBe(false);
+    const headers = {
+      "webhook-id": String(d.headers["webhook-id"]),
+      "webhook-timestamp": String(d.headers["webhook-timestamp"]),
+      "webhook-signature": String(d.headers["webhook-signature"]),
+    };
+    // The receiver's off-the-shelf verifier accepts it…
+    expect(new Webhook(SECRET).verify(d.body, headers)).toEqual(JSON.parse(d.body));
+    // …and it is bound to the secret, the body, the id and the timestamp.
+    expect(() => new Webhook(generateWebhookSecret()).verify(d.body, headers)).toThrow();
+    expect(() =>
+      new Webhook(SECRET).verify(d.body.replace(/"status":"\w+"/, '"status":"x"'), headers),
+    ).toThrow();
+    expect(() => new Webhook(SECRET).verify(d.body, { ...headers, "webhook-id": "msg_other" })).toThrow();
+    expect(() =>
+      new Webhook(SECRET).verify(d.body, {
+        ...headers,
+        "webhook-timestamp": String(Number(headers["webhook-timestamp"]) + 1),
+      }),
+    ).toThrow();
     expect(d.headers["content-type"]).toBe("application/json");
     expect(d.headers["user-agent"]).toBe("kilo-cloud-agent");
-    expect(d.headers["x-kilo-delivery"]).toMatch(/^[0-9a-f-]{36}$/);
+    expect(d.headers["webhook-id"]).toBe(`msg_${d.json.executionId}`);
     expect(d.headers.authorization).toBe("Bearer receiver-secret");
+  }
+
+  /** The session's deliveries as the backend sees them (ListCallbackDeliveries). */
+  async function listed(cloudAgentSessionId: string) {
+    return (await stack.sessions("alice").listCallbackDeliveries({ cloudAgentSessionId })).deliveries;
   }
 
   async function recorded(executionId: string) {
@@ -143,12 +168,12 @@ describe("completion callbacks (kilo replayer, 150 ms per line)", { timeout: 120
       expect(d.answered).toBe(200);
       await expect.poll(() => recorded(executionId)).toEqual([{ status: "delivered", last_error: null }]);
     }
-    expect(receiver.of(first.executionId)[0]!.headers["x-kilo-delivery"]).not.toBe(
-      receiver.of(second.executionId)[0]!.headers["x-kilo-delivery"],
+    expect(receiver.of(first.executionId)[0]!.headers["webhook-id"]).not.toBe(
+      receiver.of(second.executionId)[0]!.headers["webhook-id"],
     );
   });
 
-  it("retried after a 503: two requests with the same delivery id, one delivery recorded", async () => {
+  it("retried after a 503: two requests with the same webhook id, one delivery recorded", async () => {
     const alice = stack.sessions("alice");
     const { cloudAgentSessionId } = await prepare();
     receiver.script.set(cloudAgentSessionId, [503]);
@@ -157,7 +182,7 @@ describe("completion callbacks (kilo replayer, 150 ms per line)", { timeout: 120
 
     const got = await deliveriesOf(executionId, 2);
     expect(got.map((d) => d.answered)).toEqual([503, 200]);
-    expect(got[1]!.headers["x-kilo-delivery"]).toBe(got[0]!.headers["x-kilo-delivery"]);
+    expect(got[1]!.headers["webhook-id"]).toBe(got[0]!.headers["webhook-id"]);
     expect(got[1]!.body).toBe(got[0]!.body);
     for (const d of got) expectSigned(d);
     expect(got[0]!.json.status).toBe("completed");
@@ -211,16 +236,94 @@ describe("completion callbacks (kilo replayer, 150 ms per line)", { timeout: 120
     expectSigned(got[0]!);
   });
 
-  it("over all of the above: one delivery id per execution, each signed", () => {
+  it("a receiver that fails for a while and then recovers gets the delivery", async () => {
+    const alice = stack.sessions("alice");
+    const { cloudAgentSessionId } = await prepare();
+    receiver.script.set(cloudAgentSessionId, [503, 500, 429]);
+    const { executionId } = await alice.initiateSession({ cloudAgentSessionId });
+    await readUntilTerminals(stack.stream("alice"), { cloudAgentSessionId }, 1);
+
+    const got = await deliveriesOf(executionId, 4);
+    expect(got.map((d) => d.answered)).toEqual([503, 500, 429, 200]);
+    for (const d of got) expectSigned(d);
+    await expect
+      .poll(async () =>
+        (await listed(cloudAgentSessionId)).map((d) => [d.status, d.attempts, d.lastHttpStatus]),
+      )
+      .toEqual([[CallbackDeliveryStatus.DELIVERED, 4, 200]]);
+  });
+
+  it("a delivery that exhausts its retries is kept, listed with why, and can be redelivered", async () => {
+    const alice = stack.sessions("alice");
+    const { cloudAgentSessionId } = await prepare();
+    receiver.script.set(cloudAgentSessionId, [503, 503, 503, 503]);
+    const { executionId } = await alice.initiateSession({ cloudAgentSessionId });
+    await readUntilTerminals(stack.stream("alice"), { cloudAgentSessionId }, 1);
+
+    await expect
+      .poll(async () => (await listed(cloudAgentSessionId))[0]?.status, { timeout: 15_000 })
+      .toBe(CallbackDeliveryStatus.FAILED);
+    const [failed] = await listed(cloudAgentSessionId);
+    expect(failed).toMatchObject({
+      executionId,
+      webhookId: `msg_${executionId}`,
+      attempts: 4,
+      lastHttpStatus: 503,
+      lastError: expect.stringMatching(/^127\.0\.0\.1:\d+ answered HTTP 503$/),
+    });
+    expect(receiver.of(executionId)).toHaveLength(4);
+
+    // The backend asks for it again; the receiver is back (it answers 200 from now on).
+    const { delivery } = await alice.redeliverCallback({ cloudAgentSessionId, executionId });
+    expect(delivery?.status).toBe(CallbackDeliveryStatus.PENDING);
+    const got = await deliveriesOf(executionId, 5);
+    expect(got.map((d) => d.answered)).toEqual([503, 503, 503, 503, 200]);
+    expect(new Set(got.map((d) => d.headers["webhook-id"])).size).toBe(1);
+    await expect
+      .poll(async () => (await listed(cloudAgentSessionId)).map((d) => [d.status, d.attempts]))
+      .toEqual([[CallbackDeliveryStatus.DELIVERED, 1]]);
+  });
+
+  it("a receiver that never answers does not delay another session's callback", async () => {
+    const alice = stack.sessions("alice");
+    const slow = await prepare();
+    receiver.script.set(slow.cloudAgentSessionId, [HANG, HANG, HANG, HANG]);
+    const fast = await prepare();
+    const slowRun = await alice.initiateSession({ cloudAgentSessionId: slow.cloudAgentSessionId });
+    await readUntilTerminals(stack.stream("alice"), { cloudAgentSessionId: slow.cloudAgentSessionId }, 1);
+    await expect.poll(() => receiver.of(slowRun.executionId).length).toBe(1);
+
+    // The slow receiver holds its request open (30 s timeout per attempt); this one is
+    // delivered meanwhile.
+    const fastRun = await alice.initiateSession({ cloudAgentSessionId: fast.cloudAgentSessionId });
+    await readUntilTerminals(stack.stream("alice"), { cloudAgentSessionId: fast.cloudAgentSessionId }, 1);
+    await expect
+      .poll(() => receiver.of(fastRun.executionId).map((d) => d.answered), { timeout: 6_000 })
+      .toEqual([200]);
+    expect(receiver.of(slowRun.executionId).map((d) => d.answered)).toEqual([HANG]);
+  });
+
+  it("another user's session: listing and redelivery answer NOT_FOUND", async () => {
+    const { cloudAgentSessionId } = await prepare();
+    await stack.login("mallory");
+    await expect(
+      stack.sessions("mallory").listCallbackDeliveries({ cloudAgentSessionId }),
+    ).rejects.toMatchObject({
+      code: Code.NotFound,
+    });
+    await expect(
+      stack.sessions("mallory").redeliverCallback({ cloudAgentSessionId, executionId: "exec_x" }),
+    ).rejects.toMatchObject({ code: Code.NotFound });
+  });
+
+  it("over all of the above: one webhook id per execution, each request signed", () => {
     const byExecution = new Map<string, Set<string>>();
     for (const d of receiver.deliveries) {
       const id = String(d.json.executionId);
-      byExecution.set(id, (byExecution.get(id) ?? new Set()).add(String(d.headers["x-kilo-delivery"])));
+      byExecution.set(id, (byExecution.get(id) ?? new Set()).add(String(d.headers["webhook-id"])));
       expectSigned(d);
     }
-    expect(byExecution.size).toBe(5);
+    expect(byExecution.size).toBeGreaterThanOrEqual(8);
     for (const ids of byExecution.values()) expect(ids.size).toBe(1);
-    // Six requests: five executions, one of them retried once.
-    expect(receiver.deliveries).toHaveLength(6);
   });
 });

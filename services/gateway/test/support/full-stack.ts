@@ -51,11 +51,12 @@ export interface FullStackOptions {
   dispatcher?: { queueExpiryMs?: number; staleAfterMs?: number; sweepIntervalMs?: number };
   callbacks?: CallbackSenderLike;
   /**
-   * A real CallbackSender (signed POSTs with retries through safeFetch) whose outbound
+   * A real CallbackSender (Standard Webhooks POSTs through safeFetch; retries by the outbox on
+   * `retryScheduleMs`) whose outbound
    * policy allows http and loopback, so a receiver on 127.0.0.1 can be used; the session
    * service's callback-URL policy is relaxed the same way. Takes precedence over `callbacks`.
    */
-  callbackSender?: { secret: string; baseDelayMs?: number; maxAttempts?: number; timeoutMs?: number };
+  callbackSender?: { secret: string; timeoutMs?: number; retryScheduleMs?: number[] };
   keepaliveMs?: number;
 }
 
@@ -100,10 +101,6 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
           secret: opts.callbackSender.secret,
           policy: loopbackPolicy,
           logger: logger("callbacks"),
-          baseDelayMs: opts.callbackSender.baseDelayMs ?? 50,
-          ...(opts.callbackSender.maxAttempts !== undefined
-            ? { maxAttempts: opts.callbackSender.maxAttempts }
-            : {}),
           ...(opts.callbackSender.timeoutMs !== undefined
             ? { timeoutMs: opts.callbackSender.timeoutMs }
             : {}),
@@ -179,6 +176,9 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
         queue: opts.queue ?? {},
         ...(callbacks ? { callbacks } : {}),
         ...(opts.callbackSender ? { callbackPolicy: loopbackPolicy } : {}),
+        ...(opts.callbackSender?.retryScheduleMs
+          ? { callbackRetryScheduleMs: opts.callbackSender.retryScheduleMs }
+          : {}),
       },
     });
     cleanup.push(() => session.close());

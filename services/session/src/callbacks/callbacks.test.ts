@@ -2,10 +2,16 @@ import { once } from "node:events";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { createLogger, type OutboundPolicy } from "@kilo-cloud/common";
+import { Webhook } from "standardwebhooks";
 import { afterEach, describe, expect, it } from "vitest";
-import { CallbackSender, type CallbackSenderDeps, verifyCallbackSignature } from "./callbacks.js";
+import { type AttemptResult, CallbackSender, type CallbackSenderDeps } from "./callbacks.js";
+import { DEFAULT_RETRY_SCHEDULE_MS, nextRetryDelayMs, parseRetrySchedule } from "./retry-schedule.js";
+import { generateWebhookSecret, receiverSecret, webhookId } from "./standard-webhooks.js";
 
-const SECRET = "test-signing-secret-0123456789abcdef";
+const SECRET = generateWebhookSecret();
+/** A plain secret of ≥ 32 bytes (older deployments): receivers get its whsec_ form. */
+const PLAIN_SECRET = "test-signing-secret-0123456789abcdef";
+const ID = webhookId("exec_789");
 const loopback: OutboundPolicy = { allowHttp: true, allowLoopback: true };
 
 interface Received {
@@ -73,7 +79,6 @@ function sender(overrides: Partial<CallbackSenderDeps> = {}) {
     secret: SECRET,
     policy: loopback,
     logger,
-    baseDelayMs: 10,
     timeoutMs: 2000,
     ...overrides,
   });
@@ -83,7 +88,7 @@ function sender(overrides: Partial<CallbackSenderDeps> = {}) {
 const payload = {
   cloudAgentSessionId: "ses_123",
   kiloSessionId: "kilo_456",
-  executionId: "exe_789",
+  executionId: "exec_789",
   status: "failed" as const,
   errorMessage: "model said something private",
   branch: "kilo/fix-1",
@@ -93,32 +98,36 @@ const target = (url: string) => ({
   headers: { authorization: "Bearer receiver-token", "x-custom": "yes" },
 });
 
-describe("CallbackSender", () => {
-  it("delivers one signed POST per execution, retried after a 503", async () => {
-    const rx = await startReceiver([{ status: 503 }, { status: 200 }]);
+/** The three Standard Webhooks headers of a received request. */
+function webhookHeadersOf(req: Received): Record<string, string> {
+  return {
+    "webhook-id": String(req.headers["webhook-id"]),
+    "webhook-timestamp": String(req.headers["webhook-timestamp"]),
+    "webhook-signature": String(req.headers["webhook-signature"]),
+  };
+}
+
+describe("CallbackSender (one attempt)", () => {
+  it("sends one POST that the standardwebhooks library verifies, with the documented body", async () => {
+    const rx = await startReceiver([{ status: 200 }]);
     const { s, logs } = sender();
 
-    const result = await s.send(target(rx.url), payload);
+    const result = await s.attempt(target(rx.url), payload, ID);
 
-    expect(result).toEqual({ delivered: true, attempts: 2, lastStatus: 200 });
-    expect(rx.requests).toHaveLength(2);
-    const [first, second] = rx.requests as [Received, Received];
-    expect(second.body).toBe(first.body);
-    expect(JSON.parse(first.body)).toEqual(payload);
-    expect(second.headers["x-kilo-delivery"]).toBe(first.headers["x-kilo-delivery"]);
-    expect(first.headers["x-kilo-delivery"]).toMatch(/^[0-9a-f-]{36}$/);
-    for (const req of rx.requests) {
-      expect(req.headers["content-type"]).toBe("application/json");
-      expect(req.headers["user-agent"]).toBe("kilo-cloud-agent");
-      expect(req.headers["x-custom"]).toBe("yes");
-      expect(req.headers.authorization).toBe("Bearer receiver-token");
-      const ts = req.headers["x-kilo-timestamp"] as string;
-      const sig = req.headers["x-kilo-signature"] as string;
-      expect(sig).toMatch(/^v1=[0-9a-f]{64}$/);
-      expect(verifyCallbackSignature(SECRET, ts, req.body, sig)).toBe(true);
-      expect(verifyCallbackSignature("another-secret-of-enough-length-000", ts, req.body, sig)).toBe(false);
-      expect(verifyCallbackSignature(SECRET, ts, req.body.replace("failed", "completed"), sig)).toBe(false);
-    }
+    expect(result).toEqual<AttemptResult>({ outcome: "delivered", httpStatus: 200 });
+    expect(rx.requests).toHaveLength(1);
+    const req = rx.requests[0] as Received;
+    expect(JSON.parse(req.body)).toEqual(payload);
+    expect(req.headers["content-type"]).toBe("application/json");
+    expect(req.headers["user-agent"]).toBe("kilo-cloud-agent");
+    expect(req.headers["x-custom"]).toBe("yes");
+    expect(req.headers.authorization).toBe("Bearer receiver-token");
+    expect(req.headers["webhook-id"]).toBe("msg_exec_789");
+    expect(req.headers["webhook-signature"]).toMatch(/^v1,[A-Za-z0-9+/]+=*$/);
+    const headers = webhookHeadersOf(req);
+    expect(new Webhook(SECRET).verify(req.body, headers)).toEqual(payload);
+    expect(() => new Webhook(generateWebhookSecret()).verify(req.body, headers)).toThrow();
+    expect(() => new Webhook(SECRET).verify(req.body.replace("failed", "completed"), headers)).toThrow();
     // Header values, the body and the URL's query never reach the log.
     const log = logs();
     expect(log).toContain("127.0.0.1");
@@ -133,111 +142,130 @@ describe("CallbackSender", () => {
     }
   });
 
-  it("does not let the target's headers replace its own", async () => {
+  it("signs with a plain secret as its whsec_ form, which receivers are given", async () => {
     const rx = await startReceiver([{ status: 204 }]);
-    const { s } = sender();
-    const result = await s.send(
-      {
-        url: rx.url,
-        headers: { "X-Kilo-Signature": "v1=forged", "content-type": "text/plain", Host: "evil" },
-      },
+    const { s } = sender({ secret: PLAIN_SECRET });
+    expect(await s.attempt(target(rx.url), payload, ID)).toMatchObject({ outcome: "delivered" });
+    const req = rx.requests[0] as Received;
+    expect(new Webhook(receiverSecret(PLAIN_SECRET)).verify(req.body, webhookHeadersOf(req))).toEqual(
       payload,
     );
-    expect(result.delivered).toBe(true);
-    const req = rx.requests[0]!;
-    expect(req.headers["content-type"]).toBe("application/json");
-    expect(req.headers.host).toBe(`127.0.0.1:${rx.port}`);
-    expect(
-      verifyCallbackSignature(
-        SECRET,
-        req.headers["x-kilo-timestamp"] as string,
-        req.body,
-        req.headers["x-kilo-signature"] as string,
-      ),
-    ).toBe(true);
   });
 
-  it("gives up at once on a 4xx other than 429", async () => {
-    const rx = await startReceiver([{ status: 400 }, { status: 200 }]);
+  it("does not let the target's headers replace its own", async () => {
+    const rx = await startReceiver([{ status: 200 }]);
     const { s } = sender();
-    const result = await s.send(target(rx.url), payload);
-    expect(result).toMatchObject({ delivered: false, attempts: 1, lastStatus: 400 });
+    const hostile = {
+      url: rx.url,
+      headers: {
+        "Webhook-Signature": "v1,forged",
+        "webhook-id": "msg_forged",
+        "Content-Type": "text/plain",
+        "User-Agent": "evil",
+        "x-custom": "kept",
+      },
+    };
+    await s.attempt(hostile, payload, ID);
+    const req = rx.requests[0] as Received;
+    expect(req.headers["webhook-id"]).toBe("msg_exec_789");
+    expect(req.headers["content-type"]).toBe("application/json");
+    expect(req.headers["user-agent"]).toBe("kilo-cloud-agent");
+    expect(req.headers["x-custom"]).toBe("kept");
+    expect(new Webhook(SECRET).verify(req.body, webhookHeadersOf(req))).toEqual(payload);
+  });
+
+  it.each([
+    [400, "failed"],
+    [401, "failed"],
+    [404, "failed"],
+    [410, "failed"],
+    [408, "retry"],
+    [429, "retry"],
+    [500, "retry"],
+    [503, "retry"],
+  ] as const)("HTTP %i → %s", async (status, outcome) => {
+    const rx = await startReceiver([{ status }]);
+    const result = await sender().s.attempt(target(rx.url), payload, ID);
+    expect(result).toMatchObject({
+      outcome,
+      httpStatus: status,
+      error: `127.0.0.1:${rx.port} answered HTTP ${status}`,
+    });
+  });
+
+  it("gives up on a redirect, without following it", async () => {
+    const rx = await startReceiver([{ status: 302, headers: { location: "http://127.0.0.1:1/elsewhere" } }]);
+    const result = await sender().s.attempt(target(rx.url), payload, ID);
+    expect(result).toMatchObject({ outcome: "failed", httpStatus: 302 });
     expect(rx.requests).toHaveLength(1);
   });
 
-  it("gives up at once on a redirect, without following it", async () => {
-    const elsewhere = await startReceiver([{ status: 200 }]);
-    const rx = await startReceiver([{ status: 307, headers: { location: elsewhere.url } }]);
-    const { s } = sender();
-    const result = await s.send(target(rx.url), payload);
-    expect(result).toMatchObject({ delivered: false, attempts: 1, lastStatus: 307 });
-    expect(elsewhere.requests).toHaveLength(0);
+  it("reports a receiver's Retry-After (seconds or a date)", async () => {
+    const rx = await startReceiver([{ status: 429, headers: { "retry-after": "7" } }]);
+    expect(await sender().s.attempt(target(rx.url), payload, ID)).toMatchObject({
+      outcome: "retry",
+      retryAfterMs: 7_000,
+    });
+    const now = Date.parse("2026-01-01T00:00:00Z");
+    const rx2 = await startReceiver([
+      { status: 503, headers: { "retry-after": "Thu, 01 Jan 2026 00:01:00 GMT" } },
+    ]);
+    expect(await sender({ clock: () => now }).s.attempt(target(rx2.url), payload, ID)).toMatchObject({
+      outcome: "retry",
+      retryAfterMs: 60_000,
+    });
   });
 
-  it("tries five times against a receiver that keeps answering 503, then gives up", async () => {
-    const rx = await startReceiver([{ status: 503 }]);
-    const { s } = sender();
-    const result = await s.send(target(rx.url), payload);
-    expect(result).toMatchObject({ delivered: false, attempts: 5, lastStatus: 503 });
-    expect(result.error).toContain("503");
-    expect(rx.requests).toHaveLength(5);
-    expect(new Set(rx.requests.map((r) => r.headers["x-kilo-delivery"])).size).toBe(1);
-  });
-
-  it("times out each attempt against a receiver that never answers", async () => {
+  it("times out an attempt against a receiver that never answers: retry later", async () => {
     const rx = await startReceiver(["hang"]);
-    const { s } = sender({ timeoutMs: 150, maxAttempts: 3 });
     const started = performance.now();
-    const result = await s.send(target(rx.url), payload);
-    expect(result).toMatchObject({ delivered: false, attempts: 3 });
-    expect(result.error).toMatch(/no response from 127\.0\.0\.1 within 150 ms/);
-    expect(rx.requests).toHaveLength(3);
-    expect(performance.now() - started).toBeGreaterThanOrEqual(3 * 150 - 10);
+    const result = await sender({ timeoutMs: 150 }).s.attempt(target(rx.url), payload, ID);
+    expect(result.outcome).toBe("retry");
+    expect(performance.now() - started).toBeLessThan(5_000);
   });
 
-  it("waits as long as a 429's Retry-After asks", async () => {
-    const rx = await startReceiver([{ status: 429, headers: { "retry-after": "1" } }, { status: 200 }]);
-    const { s } = sender();
-    const result = await s.send(target(rx.url), payload);
-    expect(result).toEqual({ delivered: true, attempts: 2, lastStatus: 200 });
-    const [first, second] = rx.requests as [Received, Received];
-    expect(second.at - first.at).toBeGreaterThanOrEqual(990);
+  it("a network error (nothing listening) is retried later", async () => {
+    const rx = await startReceiver([{ status: 200 }]);
+    await rx.close();
+    receivers.splice(receivers.indexOf(rx), 1);
+    expect((await sender().s.attempt(target(rx.url), payload, ID)).outcome).toBe("retry");
   });
 
   it("refuses a URL that resolves to loopback when loopback is not allowed, without sending anything", async () => {
     const rx = await startReceiver([{ status: 200 }]);
-    const { s, logs } = sender({ policy: { allowHttp: true, allowLoopback: false } });
-    const result = await s.send(target(`http://localhost:${rx.port}/hooks?token=query-secret`), payload);
-    expect(result).toMatchObject({ delivered: false, attempts: 1 });
-    expect(result.error).toMatch(/localhost refused: it resolves to a loopback address/);
+    const { s } = sender({ policy: { allowHttp: true, allowLoopback: false } });
+    const result = await s.attempt(target(rx.url), payload, ID);
+    expect(result.outcome).toBe("failed");
     expect(rx.requests).toHaveLength(0);
-    const warn = logs()
-      .split("\n")
-      .filter(Boolean)
-      .map((l) => JSON.parse(l))
-      .find((l) => l.msg === "callback refused by outbound policy");
-    expect(warn).toMatchObject({ level: 40, host: "localhost" });
-    expect(logs()).not.toContain("query-secret");
   });
 
-  it("requires a signing secret of at least 32 bytes", () => {
-    expect(() => sender({ secret: "short" })).toThrow(/at least 32 bytes/);
+  it("requires a whsec_ secret or one of at least 32 bytes", () => {
+    expect(() => sender({ secret: "short" })).toThrow(/whsec_<base64> or at least 32 bytes/);
+    expect(() => sender({ secret: "whsec_c2hvcnQ=" })).toThrow(/at least 24 bytes/);
   });
 });
 
-describe("verifyCallbackSignature", () => {
-  it("rejects a timestamp older than the tolerance, even with a correct signature", async () => {
-    const { signCallback } = await import("./callbacks.js");
-    const body = '{"a":1}';
-    const now = 1_700_000_000_000;
-    const ts = now / 1000 - 301;
-    expect(verifyCallbackSignature(SECRET, ts, body, signCallback(SECRET, ts, body), { now })).toBe(false);
-    expect(verifyCallbackSignature(SECRET, ts + 2, body, signCallback(SECRET, ts + 2, body), { now })).toBe(
-      true,
+describe("the retry schedule", () => {
+  it("by default retries over about 27.5 hours, then gives up", () => {
+    const delays = DEFAULT_RETRY_SCHEDULE_MS.map((_, i) =>
+      nextRetryDelayMs(DEFAULT_RETRY_SCHEDULE_MS, i + 1, undefined, 0.5),
     );
-    // Several v1 entries (secret rotation): any one valid is enough.
-    const both = `v1=${"0".repeat(64)}, ${signCallback(SECRET, ts + 2, body)}`;
-    expect(verifyCallbackSignature(SECRET, ts + 2, body, both, { now })).toBe(true);
-    expect(verifyCallbackSignature(SECRET, "12a", body, signCallback(SECRET, ts, body), { now })).toBe(false);
+    expect(delays).toEqual([5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000]);
+    const total = delays.reduce((a, b) => (a ?? 0) + (b ?? 0), 0) ?? 0;
+    expect(total / 3_600_000).toBeCloseTo(27.5, 0);
+    expect(nextRetryDelayMs(DEFAULT_RETRY_SCHEDULE_MS, 8, undefined, 0.5)).toBeUndefined();
+  });
+
+  it("jitters by ±10 % and honours a longer Retry-After, capped at a day", () => {
+    expect(nextRetryDelayMs([1_000], 1, undefined, 0)).toBe(900);
+    expect(nextRetryDelayMs([1_000], 1, undefined, 0.999)).toBe(1_100);
+    expect(nextRetryDelayMs([1_000], 1, 60_000, 0.5)).toBe(60_000);
+    expect(nextRetryDelayMs([1_000], 1, 10, 0.5)).toBe(1_000);
+    expect(nextRetryDelayMs([1_000], 1, 9 * 86_400_000, 0.5)).toBe(86_400_000);
+  });
+
+  it("parses CALLBACK_RETRY_SCHEDULE and names a bad item", () => {
+    expect(parseRetrySchedule("500ms, 5s,5m,2h")).toEqual([500, 5_000, 300_000, 7_200_000]);
+    expect(() => parseRetrySchedule("5s,soon")).toThrow(/"soon" is not a delay/);
   });
 });

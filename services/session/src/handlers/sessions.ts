@@ -66,6 +66,7 @@ export interface SessionHandlerDeps {
   allowInsecureGit?: boolean;
 }
 
+import { notFound, owned } from "./ownership.js";
 import { sealContext } from "./seal-context.js";
 
 export { sealContext };
@@ -93,16 +94,6 @@ async function queueState(
   );
   const running = rows.find((r) => r.status === "started");
   return { queueLength: rows.filter((r) => r.status === "queued").length, ...(running ? { running } : {}) };
-}
-
-function notFound(id: string): ConnectError {
-  return new ConnectError(`session ${id} not found`, Code.NotFound);
-}
-
-/** Another user's session is answered exactly like a missing one. */
-function owned(row: SessionRow | undefined, id: string, userId: string): SessionRow {
-  if (!row || row.user_id !== userId) throw notFound(id);
-  return row;
 }
 
 function secretsToJson(values: Record<string, EncryptedSecret>): Record<string, unknown> {
@@ -268,7 +259,9 @@ function updateChanges(sealer: Sealer, req: UpdateSessionRequest): SessionChange
   return changes;
 }
 
-export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof SessionService> {
+export function sessionHandlers(
+  deps: SessionHandlerDeps,
+): Omit<ServiceImpl<typeof SessionService>, "listCallbackDeliveries" | "redeliverCallback"> {
   const { pool } = deps;
   const queue: QueueSettings = deps.queue ?? { maxWaiting: 10, heartbeatStaleMs: 90_000 };
 
