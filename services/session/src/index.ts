@@ -1,3 +1,4 @@
+export { buildSession, connectSessionInfra, type SessionInfra } from "./build.js";
 export { CallbackSender, verifyCallbackSignature } from "./callbacks/callbacks.js";
 export { loadSessionConfig, type SessionConfig } from "./config.js";
 export type { CallbackPayload, CallbackSenderLike, CallbackTargetJson } from "./dispatch/callback-outbox.js";
@@ -5,5 +6,6 @@ export {
   createSessionService,
   migrateSessionSchema,
   SESSION_SERVICE_AUDIENCE,
+  type SessionServiceApp,
   type SessionServiceDeps,
 } from "./server.js";
