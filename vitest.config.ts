@@ -10,6 +10,8 @@ export default defineConfig({
       "services/*/src/**/*.test.ts",
       "services/*/test/**/*.test.ts",
       "deploy/test/**/*.test.ts",
+      // As deployed: the chart rendered, each service a process from its main.ts.
+      "test/deployed/**/*.test.ts",
     ],
     testTimeout: 30_000,
     hookTimeout: 60_000,

@@ -2,33 +2,29 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
+  connectEventLog,
   createLogger,
   createPool,
-  createServiceTokenSigner,
-  type EventLog,
+  type Env,
   generateServiceKeyPair,
-  JetStreamEventLog,
   type Logger,
   listen,
+  type NodeRequest,
+  type NodeResponse,
   type OutboundPolicy,
   type Pool,
-  PostgresEventLog,
-  parseSealingKeys,
-  type RunningServer,
   startEmbeddedPostgres,
 } from "@kilo-cloud/common";
-import { createGateway } from "@kilo-cloud/gateway";
+import { buildGateway, loadGatewayConfig } from "@kilo-cloud/gateway";
 import {
-  createSandboxManager,
-  DEFAULT_RUNNER_SETTINGS,
+  buildSandboxManager,
+  createDriver,
   type KiloProvider,
-  LocalDriver,
+  loadSandboxManagerConfig,
   packagedKiloBinary,
-  type RepositoryTokens,
 } from "@kilo-cloud/sandbox-manager";
-import { CallbackSender, createSessionService, migrateSessionSchema } from "@kilo-cloud/session";
-import { createTokenService, migrateTokenSchema } from "@kilo-cloud/token";
-import { createTokenClient, TOKEN_SERVICE_CALLER_ISSUER } from "@kilo-cloud/token/client";
+import { buildSession, loadSessionConfig, migrateSessionSchema } from "@kilo-cloud/session";
+import { buildToken, loadTokenConfig, migrateTokenSchema } from "@kilo-cloud/token";
 import { SignJWT } from "jose";
 
 /**
@@ -55,6 +51,8 @@ export interface LocalSystemOptions {
   github?: { appId: string; privateKey: string; apiUrl?: string | undefined } | undefined;
   /** User id of the bearer token written for the CLI. */
   devUser: string;
+  /** The caller's environment: every service reads its documented variables from it. */
+  env?: Env | undefined;
   logger?: Logger;
 }
 
@@ -67,6 +65,8 @@ export interface LocalSystem {
   cliConfigPath: string;
   close(): Promise<void>;
 }
+
+type RequestHandler = (req: NodeRequest, res: NodeResponse) => void;
 
 interface LocalSecrets {
   sessionSealingKeys: string;
@@ -98,6 +98,91 @@ async function localSecrets(dataDir: string): Promise<LocalSecrets> {
   return secrets;
 }
 
+/**
+ * Each service's environment, as its Deployment would get it: the caller's variables
+ * (QUEUE_*, EXECUTION_*, …) with the one-process wiring on top (loopback ports, the shared
+ * secrets, the other services' URLs). Every service then reads it with its own loader.
+ */
+function serviceEnvs(
+  opts: LocalSystemOptions,
+  secrets: LocalSecrets,
+  databaseUrl: string,
+  embedded: boolean,
+) {
+  const base: Record<string, string | undefined> = {
+    ...opts.env,
+    HOST: "127.0.0.1",
+    PORT: "0",
+    ...(opts.natsUrl
+      ? { EVENTS_BACKEND: "nats", NATS_URL: opts.natsUrl }
+      : {
+          EVENTS_BACKEND: "postgres",
+          EVENTS_DATABASE_URL: databaseUrl,
+          EVENTS_NOTIFICATIONS: embedded ? "poll" : "listen",
+        }),
+  };
+  const provider: Record<string, string | undefined> =
+    opts.provider.kind === "kilo"
+      ? { KILO_PROVIDER: "kilo" }
+      : {
+          KILO_PROVIDER: "openai-compatible",
+          KILO_PROVIDER_BASE_URL: opts.provider.baseUrl,
+          KILO_PROVIDER_API_KEY: opts.provider.apiKey,
+          KILO_PROVIDER_ID: opts.provider.id,
+        };
+  const policy = opts.callbackPolicy;
+  return {
+    token: opts.github
+      ? {
+          ...base,
+          DATABASE_URL: databaseUrl,
+          TOKEN_SEALING_KEYS: secrets.tokenSealingKeys,
+          INTERNAL_API_SECRET: secrets.internalApiKey,
+          SERVICE_TOKEN_PUBLIC_KEY: secrets.sandboxKeys.publicKeyPem,
+          GITHUB_APP_ID: opts.github.appId,
+          GITHUB_APP_PRIVATE_KEY: opts.github.privateKey,
+          ...(opts.github.apiUrl ? { GITHUB_API_URL: opts.github.apiUrl } : {}),
+        }
+      : undefined,
+    sandbox: (tokenUrl: string | undefined) => ({
+      ...base,
+      ...provider,
+      SANDBOX_DRIVER: "local",
+      SANDBOX_ROOT: join(opts.dataDir, "sandboxes"),
+      SANDBOX_ISOLATION: opts.isolation,
+      KILO_BIN: opts.kiloBinary ?? packagedKiloBinary(),
+      GIT_ALLOW_INSECURE: String(opts.allowInsecureGit),
+      SERVICE_TOKEN_PUBLIC_KEY: secrets.sessionKeys.publicKeyPem,
+      TOKEN_SERVICE_URL: tokenUrl,
+      SANDBOX_SERVICE_TOKEN_PRIVATE_KEY: tokenUrl ? secrets.sandboxKeys.privateKeyPem : undefined,
+    }),
+    session: (sandboxUrl: string) => ({
+      ...base,
+      DATABASE_URL: databaseUrl,
+      SESSION_SEALING_KEYS: secrets.sessionSealingKeys,
+      SERVICE_TOKEN_PUBLIC_KEY: secrets.gatewayKeys.publicKeyPem,
+      SANDBOX_MANAGER_URL: sandboxUrl,
+      SESSION_SERVICE_TOKEN_PRIVATE_KEY: secrets.sessionKeys.privateKeyPem,
+      CALLBACK_SIGNING_SECRET: secrets.callbackSecret,
+      GIT_ALLOW_INSECURE: String(opts.allowInsecureGit),
+      CALLBACK_ALLOW_HTTP: String(policy.allowHttp),
+      CALLBACK_ALLOW_LOOPBACK: String(policy.allowLoopback),
+      CALLBACK_ALLOW_PRIVATE: String(policy.allowPrivate ?? false),
+    }),
+    gateway: (sessionUrl: string) => ({
+      ...base,
+      HOST: opts.host,
+      PORT: String(opts.port),
+      SESSION_SERVICE_URL: sessionUrl,
+      AUTH_HS256_SECRET: secrets.hs256Secret,
+      AUTH_JWKS_URL: undefined,
+      INTERNAL_API_SECRET: secrets.internalApiKey,
+      SERVICE_TOKEN_PRIVATE_KEY: secrets.gatewayKeys.privateKeyPem,
+      STREAM_TICKET_SECRET: secrets.streamTicketSecret,
+    }),
+  };
+}
+
 export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalSystem> {
   const logger = opts.logger ?? createLogger({ service: "kilo-cloud" });
   const cleanup: Array<() => Promise<unknown>> = [];
@@ -105,6 +190,11 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
     for (const fn of cleanup.reverse())
       await fn().catch((err: unknown) => logger.warn({ err: String(err) }, "shutdown step failed"));
     cleanup.length = 0;
+  };
+  const serve = async (handler: RequestHandler, config: { port: number; host: string }, graceMs = 1_000) => {
+    const server = await listen(handler, { port: config.port, host: config.host });
+    cleanup.push(() => server.close(graceMs));
+    return server;
   };
   try {
     mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
@@ -119,103 +209,54 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
       databaseUrl = pg.url;
       embedded = true;
     }
+    // One pool and one event log for the four services (PGlite serves few connections).
     const pool: Pool = createPool(databaseUrl, {
       max: embedded ? 16 : 20,
       applicationName: "kilo-cloud-local",
     });
     cleanup.push(() => pool.end());
     await migrateSessionSchema(pool, logger);
-
-    // The event log: JetStream when NATS_URL is given, else a table of that Postgres.
-    let events: EventLog;
-    if (opts.natsUrl) {
-      events = await JetStreamEventLog.connect({ servers: opts.natsUrl, name: "kilo-cloud-local" });
-    } else {
-      events = await PostgresEventLog.connect({ pool, notifications: embedded ? "poll" : "listen", logger });
-    }
-    cleanup.push(() => events.close());
+    const envs = serviceEnvs(opts, secrets, databaseUrl, embedded);
 
     // token (optional) → sandbox-manager → session → gateway
-    let tokens: RepositoryTokens | undefined;
-    if (opts.github) {
+    let tokenUrl: string | undefined;
+    if (envs.token) {
+      const config = loadTokenConfig(envs.token);
       await migrateTokenSchema(pool, logger);
-      const token = await createTokenService({
-        pool,
-        logger: logger.child({ service: "token" }),
-        sealingKeys: parseSealingKeys(secrets.tokenSealingKeys),
-        serviceTokenPublicKey: secrets.sandboxKeys.publicKeyPem,
-        internalApiKey: secrets.internalApiKey,
-        github: { appId: opts.github.appId, privateKey: opts.github.privateKey, apiUrl: opts.github.apiUrl },
-      });
-      const tokenServer = await listen(token.handler, { port: 0, host: "127.0.0.1" });
-      cleanup.push(() => tokenServer.close(1_000));
-      tokens = createTokenClient({
-        baseUrl: tokenServer.url,
-        sign: await createServiceTokenSigner(secrets.sandboxKeys.privateKeyPem, TOKEN_SERVICE_CALLER_ISSUER),
-      });
+      const token = await buildToken(config, { pool, logger: logger.child({ service: "token" }) });
+      tokenUrl = (await serve(token.handler, config)).url;
     }
 
-    const kiloBinary = opts.kiloBinary ?? packagedKiloBinary();
-    if (!kiloBinary)
+    const sandboxConfig = loadSandboxManagerConfig(envs.sandbox(tokenUrl));
+    if (!sandboxConfig.kiloBinary)
       throw new Error("no kilo binary: install @kilocode/cli-linux-x64 (npm install) or set KILO_BIN");
-    const driver = await LocalDriver.create({
-      rootDir: join(opts.dataDir, "sandboxes"),
-      isolation: opts.isolation,
-      kiloBinary,
-      logger,
-    });
+    // The event log, provisioned with sandbox-manager's settings: it owns the stream.
+    const log = await connectEventLog(sandboxConfig.events, { name: "kilo-cloud-local", logger, pool });
+    cleanup.push(() => log.close());
+    const events = { events: log.events, eventsReady: log.ready };
+    const driver = await createDriver(sandboxConfig, logger);
     cleanup.push(() => driver.close());
-    const sandbox = await createSandboxManager({
-      driver,
-      events,
-      logger: logger.child({ service: "sandbox-manager" }),
-      serviceTokenPublicKey: secrets.sessionKeys.publicKeyPem,
-      tokens,
-      settings: {
-        ...DEFAULT_RUNNER_SETTINGS,
-        provider: opts.provider,
-        allowInsecureGit: opts.allowInsecureGit,
-      },
-    });
+    const sandboxLogger = logger.child({ service: "sandbox-manager" });
+    const sandbox = await buildSandboxManager(sandboxConfig, { ...events, driver, logger: sandboxLogger });
     cleanup.push(() => sandbox.close());
-    const sandboxServer: RunningServer = await listen(sandbox.handler, { port: 0, host: "127.0.0.1" });
-    cleanup.push(() => sandboxServer.close(1_000));
+    const sandboxServer = await serve(sandbox.handler, sandboxConfig);
 
-    const sessionLogger = logger.child({ service: "session" });
-    const session = await createSessionService({
+    const sessionConfig = loadSessionConfig(envs.session(sandboxServer.url));
+    const session = await buildSession(sessionConfig, {
+      ...events,
       pool,
-      logger: sessionLogger,
-      sealingKeys: parseSealingKeys(secrets.sessionSealingKeys),
-      serviceTokenPublicKey: secrets.gatewayKeys.publicKeyPem,
-      executions: {
-        sandboxUrl: sandboxServer.url,
-        serviceTokenPrivateKey: secrets.sessionKeys.privateKeyPem,
-        events,
-        callbackPolicy: opts.callbackPolicy,
-        allowInsecureGit: opts.allowInsecureGit,
-        callbacks: new CallbackSender({
-          secret: secrets.callbackSecret,
-          policy: opts.callbackPolicy,
-          logger: sessionLogger,
-        }),
-      },
+      logger: logger.child({ service: "session" }),
     });
     cleanup.push(() => session.close());
-    const sessionServer = await listen(session.handler, { port: 0, host: "127.0.0.1" });
-    cleanup.push(() => sessionServer.close(1_000));
+    const sessionServer = await serve(session.handler, sessionConfig);
 
-    const gateway = await createGateway({
+    const gatewayConfig = loadGatewayConfig(envs.gateway(sessionServer.url));
+    const gateway = await buildGateway(gatewayConfig, {
+      ...events,
       logger: logger.child({ service: "gateway" }),
-      userTokens: { hs256Secret: secrets.hs256Secret },
-      internalApiKey: secrets.internalApiKey,
-      serviceTokenPrivateKey: secrets.gatewayKeys.privateKeyPem,
-      streamTicketSecret: secrets.streamTicketSecret,
-      sessionServiceUrl: sessionServer.url,
-      events,
     });
     cleanup.push(async () => gateway.close());
-    const gatewayServer = await listen(gateway.handler, { port: opts.port, host: opts.host });
-    cleanup.push(() => gatewayServer.close(2_000));
+    const gatewayServer = await serve(gateway.handler, gatewayConfig, 2_000);
 
     const token = await new SignJWT({})
       .setProtectedHeader({ alg: "HS256" })

@@ -63,7 +63,7 @@ try {
   process.exit(1);
 }
 
-const system = await startLocalSystem({ ...options, logger }).catch((err: unknown) => {
+const system = await startLocalSystem({ ...options, env: process.env, logger }).catch((err: unknown) => {
   process.stderr.write(`kilo-cloud: could not start: ${(err as Error).message}\n`);
   process.exit(1);
 });

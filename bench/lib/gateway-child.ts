@@ -8,8 +8,8 @@
  *   ← {type: "ready", url}
  */
 import { randomBytes } from "node:crypto";
-import { createLogger, generateServiceKeyPair, JetStreamEventLog, listen } from "@kilo-cloud/common";
-import { createGateway } from "@kilo-cloud/gateway";
+import { createLogger, generateServiceKeyPair, listen } from "@kilo-cloud/common";
+import { buildGateway, connectGatewayInfra, loadGatewayConfig } from "@kilo-cloud/gateway";
 import { memoryAfterGc, type ParentMessage } from "./ipc.js";
 
 const env = (name: string): string => {
@@ -18,22 +18,22 @@ const env = (name: string): string => {
   return v;
 };
 
-const events = await JetStreamEventLog.connect({
-  servers: env("BENCH_NATS_URL"),
-  stream: env("BENCH_STREAM"),
-  subjectPrefix: env("BENCH_SUBJECT_PREFIX"),
-  name: "gateway",
-});
 const keys = await generateServiceKeyPair();
-const app = await createGateway({
-  logger: createLogger({ service: "gateway", level: "warn", destination: process.stderr }),
-  userTokens: { hs256Secret: randomBytes(32).toString("hex") },
-  internalApiKey: randomBytes(16).toString("hex"),
-  serviceTokenPrivateKey: keys.privateKeyPem,
-  streamTicketSecret: env("BENCH_TICKET_SECRET"),
+const config = loadGatewayConfig({
+  NATS_URL: env("BENCH_NATS_URL"),
+  EVENTS_STREAM: env("BENCH_STREAM"),
+  EVENTS_SUBJECT_PREFIX: env("BENCH_SUBJECT_PREFIX"),
+  AUTH_HS256_SECRET: randomBytes(32).toString("hex"),
+  INTERNAL_API_SECRET: randomBytes(16).toString("hex"),
+  SERVICE_TOKEN_PRIVATE_KEY: keys.privateKeyPem,
+  STREAM_TICKET_SECRET: env("BENCH_TICKET_SECRET"),
   // Never called: Subscribe with a ticket does not reach the session service.
-  sessionServiceUrl: "http://127.0.0.1:9",
-  events,
+  SESSION_SERVICE_URL: "http://127.0.0.1:9",
+});
+const logger = createLogger({ service: "gateway", level: "warn", destination: process.stderr });
+const infra = await connectGatewayInfra(config, logger);
+const app = await buildGateway(config, {
+  ...infra,
   keepaliveMs: Number(process.env.BENCH_KEEPALIVE_MS ?? 15_000),
 });
 const server = await listen(app.handler, { port: 0, host: "127.0.0.1" });
@@ -41,7 +41,7 @@ const server = await listen(app.handler, { port: 0, host: "127.0.0.1" });
 const exit = async () => {
   app.close();
   await server.close(100).catch(() => undefined);
-  await events.close().catch(() => undefined);
+  await infra.close().catch(() => undefined);
   process.exit(0);
 };
 process.on("message", (m: ParentMessage) => {

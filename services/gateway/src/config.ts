@@ -1,4 +1,10 @@
-import { type Env, EnvReader, type UserTokenConfig } from "@kilo-cloud/common";
+import {
+  type Env,
+  EnvReader,
+  type EventLogConfig,
+  readEventLogConfig,
+  type UserTokenConfig,
+} from "@kilo-cloud/common";
 
 export interface GatewayConfig {
   port: number;
@@ -14,6 +20,8 @@ export interface GatewayConfig {
   streamTicketSecret: string;
   /** Deadline of calls to the services behind the gateway. */
   upstreamTimeoutMs: number;
+  /** The event log Subscribe reads (bound to, never provisioned: sandbox-manager owns it). */
+  events: EventLogConfig;
   logLevel: string;
 }
 
@@ -51,6 +59,7 @@ export function loadGatewayConfig(env: Env): Readonly<GatewayConfig> {
     serviceTokenPrivateKey: r.string("SERVICE_TOKEN_PRIVATE_KEY").replace(/\\n/g, "\n"),
     streamTicketSecret,
     upstreamTimeoutMs: r.int("UPSTREAM_TIMEOUT_MS", 15_000, { min: 100 }),
+    events: readEventLogConfig(r, { owner: false }),
     logLevel: r.string("LOG_LEVEL", "info"),
   };
   r.done();

@@ -55,6 +55,8 @@ export interface GatewayDeps {
   upstreamTimeoutMs?: number;
   /** The event log Subscribe reads (JetStream in production). */
   events?: EventLog;
+  /** Readiness of the event log (e.g. the NATS connection and the stream). */
+  eventsReady?: () => Promise<void>;
   keepaliveMs?: number;
 }
 
@@ -163,6 +165,7 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
         signal: AbortSignal.timeout(2_000),
       });
       if (!res.ok) throw new Error(`session service not ready (${res.status})`);
+      await deps.eventsReady?.();
     },
   });
 

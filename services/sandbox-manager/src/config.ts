@@ -1,15 +1,21 @@
-import { type Env, EnvReader } from "@kilo-cloud/common";
+import {
+  ConfigError,
+  type Env,
+  EnvReader,
+  type EventLogConfig,
+  readEventLogConfig,
+} from "@kilo-cloud/common";
+import { type KubernetesDriverConfig, loadKubernetesDriverConfig } from "./drivers/kubernetes/config.js";
 import type { KiloProvider } from "./kilo/command.js";
 
 export interface SandboxManagerConfig {
   port: number;
   host: string;
-  natsUrl: string;
-  eventsStream: string;
-  eventsSubjectPrefix: string;
-  eventsMaxAgeMs: number;
-  eventsMaxBytes: number;
+  /** The event log; this service owns the stream and applies the retention. */
+  events: EventLogConfig;
   driver: "local" | "kubernetes";
+  /** The kubernetes driver's settings (K8S_*), when SANDBOX_DRIVER=kubernetes. */
+  kubernetes?: KubernetesDriverConfig | undefined;
   /** Where the local driver keeps sandboxes. */
   sandboxRoot: string;
   isolation: "bwrap" | "none";
@@ -44,15 +50,13 @@ export function loadSandboxManagerConfig(env: Env): Readonly<SandboxManagerConfi
       id: r.string("KILO_PROVIDER_ID", "cloud"),
     };
   }
+  const driver = r.oneOf("SANDBOX_DRIVER", ["local", "kubernetes"] as const, "local");
   const config: SandboxManagerConfig = {
     port: r.int("PORT", 8082, { min: 0, max: 65535 }),
     host: r.string("HOST", "0.0.0.0"),
-    natsUrl: r.string("NATS_URL", "nats://127.0.0.1:4222"),
-    eventsStream: r.string("EVENTS_STREAM", "KILO_EVENTS"),
-    eventsSubjectPrefix: r.string("EVENTS_SUBJECT_PREFIX", "kilo.events"),
-    eventsMaxAgeMs: r.int("EVENTS_MAX_AGE_MS", 7 * 24 * 3600 * 1000, { min: 60_000 }),
-    eventsMaxBytes: r.int("EVENTS_MAX_BYTES", 10 * 1024 ** 3, { min: 1024 * 1024 }),
-    driver: r.oneOf("SANDBOX_DRIVER", ["local", "kubernetes"] as const, "local"),
+    events: readEventLogConfig(r, { owner: true }),
+    driver,
+    kubernetes: driver === "kubernetes" ? kubernetesConfig(env, r) : undefined,
     sandboxRoot: r.string("SANDBOX_ROOT", "/var/lib/kilo-cloud"),
     isolation: r.oneOf("SANDBOX_ISOLATION", ["bwrap", "none"] as const, "bwrap"),
     kiloBinary: r.optional("KILO_BIN"),
@@ -77,4 +81,15 @@ export function loadSandboxManagerConfig(env: Env): Readonly<SandboxManagerConfi
   };
   r.done();
   return Object.freeze(config);
+}
+
+/** The K8S_* settings, their problems reported with the others. */
+function kubernetesConfig(env: Env, r: EnvReader): KubernetesDriverConfig | undefined {
+  try {
+    return loadKubernetesDriverConfig(env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    r.problem(err.message.replace(/^invalid configuration:\n\s*- /, ""));
+    return undefined;
+  }
 }

@@ -1,3 +1,10 @@
+export {
+  buildSandboxManager,
+  connectSandboxManagerInfra,
+  createDriver,
+  runnerSettings,
+  type SandboxManagerInfra,
+} from "./build.js";
 export { loadSandboxManagerConfig, type SandboxManagerConfig } from "./config.js";
 export * from "./drivers/driver.js";
 export { LocalDriver } from "./drivers/local/local-driver.js";

@@ -1,8 +1,10 @@
 import {
   type Env,
   EnvReader,
+  type EventLogConfig,
   type OutboundPolicy,
   parseSealingKeys,
+  readEventLogConfig,
   type SealingKey,
 } from "@kilo-cloud/common";
 import { DEFAULT_RETRY_SCHEDULE_MS, parseRetrySchedule } from "./callbacks/retry-schedule.js";
@@ -20,9 +22,8 @@ export interface SessionConfig {
     sandboxManagerUrl: string;
     /** This service's Ed25519 private key (PKCS#8 PEM) for its calls to sandbox-manager. */
     serviceTokenPrivateKey: string;
-    natsUrl: string;
-    eventsStream: string;
-    eventsSubjectPrefix: string;
+    /** The event log (bound to; sandbox-manager owns the stream and its retention). */
+    events: EventLogConfig;
     queueMaxWaiting: number;
     queueExpiryMs: number;
     staleAfterMs: number;
@@ -76,13 +77,11 @@ export function loadSessionConfig(env: Env): Readonly<SessionConfig> {
           executions: {
             sandboxManagerUrl: r.url("SANDBOX_MANAGER_URL"),
             serviceTokenPrivateKey: r.string("SESSION_SERVICE_TOKEN_PRIVATE_KEY").replace(/\\n/g, "\n"),
-            natsUrl: r.string("NATS_URL", "nats://127.0.0.1:4222"),
-            eventsStream: r.string("EVENTS_STREAM", "KILO_EVENTS"),
-            eventsSubjectPrefix: r.string("EVENTS_SUBJECT_PREFIX", "kilo.events"),
+            events: readEventLogConfig(r, { owner: false }),
             queueMaxWaiting: r.int("QUEUE_MAX_WAITING", 10, { min: 1, max: 10_000 }),
             queueExpiryMs: r.int("QUEUE_EXPIRY_MS", 60 * 60_000, { min: 1_000 }),
             staleAfterMs: r.int("EXECUTION_STALE_MS", 10 * 60_000, { min: 1_000 }),
-            heartbeatStaleMs: r.int("HEARTBEAT_STALE_MS", 90_000, { min: 1_000 }),
+            heartbeatStaleMs: r.int("HEARTBEAT_STALE_MS", 90_000, { min: 100 }),
             callbackSigningSecret,
             callbackRetryScheduleMs,
             allowInsecureGit: r.bool("GIT_ALLOW_INSECURE", false),

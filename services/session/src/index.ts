@@ -1,3 +1,4 @@
+export { buildSession, connectSessionInfra, type SessionInfra } from "./build.js";
 export {
   type AttemptResult,
   type CallbackPayload,
@@ -12,5 +13,6 @@ export {
   createSessionService,
   migrateSessionSchema,
   SESSION_SERVICE_AUDIENCE,
+  type SessionServiceApp,
   type SessionServiceDeps,
 } from "./server.js";

@@ -65,6 +65,8 @@ export interface SessionServiceDeps {
   serviceTokenPublicKey: string;
   /** Without it, sessions can be prepared and inspected but not run. */
   executions?: ExecutionDeps;
+  /** Readiness of the event log (e.g. the NATS connection and the stream). */
+  eventsReady?: () => Promise<void>;
 }
 
 export interface SessionServiceApp {
@@ -148,6 +150,7 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
     logger: deps.logger,
     readiness: async () => {
       await deps.pool.query("SELECT 1");
+      await deps.eventsReady?.();
     },
   });
   return {

@@ -1,5 +1,6 @@
 export { TOKEN_SERVICE_AUDIENCE, TOKEN_SERVICE_CALLER_ISSUER } from "./audience.js";
 export { METHOD_AUTH, type MethodAuth } from "./auth.js";
+export { buildToken, connectTokenInfra, type TokenInfra } from "./build.js";
 export {
   createTokenClient,
   type RepositoryTokenKey,

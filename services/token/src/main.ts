@@ -1,33 +1,17 @@
-import { createLogger, createPool, listen } from "@kilo-cloud/common";
+import { createLogger, serveUntilSignal } from "@kilo-cloud/common";
+import { buildToken, connectTokenInfra } from "./build.js";
 import { loadTokenConfig } from "./config.js";
-import { createTokenService, migrateTokenSchema } from "./server.js";
 
 const config = loadTokenConfig(process.env);
 const logger = createLogger({ service: "token", level: config.logLevel });
-const pool = createPool(config.databaseUrl, { applicationName: "kilo-cloud-token" });
-await migrateTokenSchema(pool, logger);
-const app = await createTokenService({
-  pool,
+const infra = await connectTokenInfra(config, logger);
+const app = await buildToken(config, infra);
+await serveUntilSignal({
+  name: "token service",
   logger,
-  sealingKeys: config.sealingKeys,
-  serviceTokenPublicKey: config.serviceTokenPublicKey,
-  internalApiKey: config.internalApiSecret,
-  github: {
-    appId: config.githubAppId,
-    privateKey: config.githubAppPrivateKey,
-    apiUrl: config.githubApiUrl,
-    timeoutMs: config.githubTimeoutMs,
-  },
-  cacheMarginMs: config.cacheMarginMs,
+  handler: app.handler,
+  port: config.port,
+  host: config.host,
+  fields: { githubApiUrl: config.githubApiUrl },
+  close: () => infra.close(),
 });
-const server = await listen(app.handler, { port: config.port, host: config.host });
-logger.info({ url: server.url, githubApiUrl: config.githubApiUrl }, "token service listening");
-
-const shutdown = async (signal: string) => {
-  logger.info({ signal }, "shutting down");
-  await server.close();
-  await pool.end();
-  process.exit(0);
-};
-process.once("SIGTERM", () => void shutdown("SIGTERM"));
-process.once("SIGINT", () => void shutdown("SIGINT"));

@@ -5,7 +5,7 @@ import { createServiceTokenSigner, generateServiceKeyPair } from "@kilo-cloud/co
 import { generateGitHubAppKey, isGitHubInstallationToken } from "@kilo-cloud/testing";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { TOKEN_SERVICE_AUDIENCE, TOKEN_SERVICE_CALLER_ISSUER } from "../src/index.js";
-import { APP_ID, startTokenStack, type TokenStack } from "./support/stack.js";
+import { startTokenStack, type TokenStack } from "./support/stack.js";
 
 const ORG = "org_acme";
 const OTHER_ORG = "org_globex";
@@ -143,7 +143,9 @@ describe("GetRepositoryToken", () => {
   it("mints again, without failing, when the cached token does not open (sealing key replaced)", async () => {
     const token = await stack.client.get("acme/rekeyed", { userId: ALICE, orgId: ORG });
     const before = stack.github.calls;
-    await using rekeyed = await stack.replica({ sealingKeys: [{ id: "k2", key: Buffer.alloc(32, 7) }] });
+    await using rekeyed = await stack.replica({
+      TOKEN_SEALING_KEYS: `k2:${Buffer.alloc(32, 7).toString("base64")}`,
+    });
     const fresh = await rekeyed.client.get("acme/rekeyed", { userId: ALICE, orgId: ORG });
     expect(fresh).not.toBe(token);
     expect(stack.github.calls).toBe(before + 1);
@@ -196,27 +198,14 @@ describe("GetRepositoryToken", () => {
         s.close(() => resolve(port));
       });
     });
-    await using offline = await stack.replica({
-      github: {
-        appId: APP_ID,
-        privateKey: stack.appKey.privateKeyPem,
-        apiUrl: `http://127.0.0.1:${closedPort}`,
-      },
-    });
+    await using offline = await stack.replica({ GITHUB_API_URL: `http://127.0.0.1:${closedPort}` });
     const err = await codeOf(offline.client.get("acme/offline", { userId: ALICE, orgId: ORG }));
     expect(err.code).toBe(Code.Unavailable);
     expect(err.rawMessage).toBe("GitHub is unavailable");
   });
 
   it("answers UNAVAILABLE when GitHub is too slow", async () => {
-    await using impatient = await stack.replica({
-      github: {
-        appId: APP_ID,
-        privateKey: stack.appKey.privateKeyPem,
-        apiUrl: stack.github.url,
-        timeoutMs: 200,
-      },
-    });
+    await using impatient = await stack.replica({ GITHUB_TIMEOUT_MS: "200" });
     stack.github.setLatency(1_000);
     const err = await codeOf(impatient.client.get("acme/slow", { userId: ALICE, orgId: ORG }));
     expect(err.code).toBe(Code.Unavailable);
@@ -252,9 +241,7 @@ describe("GetRepositoryToken", () => {
 
   it("answers INTERNAL when GitHub refuses the App credentials", async () => {
     const otherKey = await generateGitHubAppKey();
-    await using wrongKey = await stack.replica({
-      github: { appId: APP_ID, privateKey: otherKey.privateKeyPem, apiUrl: stack.github.url },
-    });
+    await using wrongKey = await stack.replica({ GITHUB_APP_PRIVATE_KEY: otherKey.privateKeyPem });
     const logged = stack.logs.length;
     const err = await codeOf(wrongKey.client.get("acme/creds", { userId: ALICE, orgId: ORG }));
     expect(err.code).toBe(Code.Internal);

@@ -80,17 +80,22 @@ component's own `env` values, which win.
 {{- $component := index . 1 -}}
 {{- $svc := index $root.Values.services $component -}}
 {{- $d := dict "HOST" "0.0.0.0" "PORT" (toString $svc.port) "LOG_LEVEL" $root.Values.logLevel -}}
+{{- /* The event log: gateway (Subscribe), session (lifecycle) and sandbox-manager (writer, owner of the stream and its retention). */ -}}
+{{- if has $component (list "gateway" "session" "sandbox-manager") -}}
+{{- $_ := set $d "NATS_URL" (include "kca.natsUrl" $root) -}}
+{{- $_ := set $d "EVENTS_STREAM" $root.Values.events.stream -}}
+{{- $_ := set $d "EVENTS_SUBJECT_PREFIX" $root.Values.events.subjectPrefix -}}
+{{- end -}}
 {{- if eq $component "gateway" -}}
 {{- $_ := set $d "SESSION_SERVICE_URL" (include "kca.serviceUrl" (list $root "session")) -}}
 {{- end -}}
 {{- if eq $component "session" -}}
-{{- $_ := set $d "NATS_URL" (include "kca.natsUrl" $root) -}}
 {{- $_ := set $d "SANDBOX_MANAGER_URL" (include "kca.serviceUrl" (list $root "sandbox-manager")) -}}
-{{- $_ := set $d "TOKEN_SERVICE_URL" (include "kca.serviceUrl" (list $root "token")) -}}
 {{- end -}}
 {{- if eq $component "sandbox-manager" -}}
 {{- $s := $root.Values.sandbox -}}
-{{- $_ := set $d "NATS_URL" (include "kca.natsUrl" $root) -}}
+{{- $_ := set $d "EVENTS_MAX_AGE_MS" (toString (mul (int $root.Values.events.retention.maxAgeHours) 3600000)) -}}
+{{- $_ := set $d "EVENTS_MAX_BYTES" (toString (int64 $root.Values.events.retention.maxBytes)) -}}
 {{- $_ := set $d "TOKEN_SERVICE_URL" (include "kca.serviceUrl" (list $root "token")) -}}
 {{- $_ := set $d "SANDBOX_DRIVER" "kubernetes" -}}
 {{- $_ := set $d "KILO_PROVIDER" $root.Values.kiloProvider.kind -}}

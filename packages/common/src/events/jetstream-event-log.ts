@@ -39,6 +39,11 @@ export interface JetStreamEventLogOptions {
   duplicateWindowMs?: number;
   replicas?: number;
   name?: string;
+  /**
+   * Create the stream or bring it to these limits (default true). Exactly one service owns
+   * the stream (sandbox-manager); the others bind to it with `false`.
+   */
+  provision?: boolean;
 }
 
 const NS = 1_000_000;
@@ -97,8 +102,14 @@ export class JetStreamEventLog implements EventLog {
       reconnectTimeWait: 250,
     });
     const jsm = await jetstreamManager(nc);
-    await provisionStream(jsm, opts);
+    if (opts.provision !== false) await provisionStream(jsm, opts);
     return new JetStreamEventLog(nc, jetstream(nc), jsm, opts);
+  }
+
+  /** Throws unless connected and the stream exists (readiness). */
+  async checkReady(): Promise<void> {
+    if (this.nc.isClosed()) throw new Error("NATS connection closed");
+    await this.jsm.streams.info(this.streamName);
   }
 
   get streamName(): string {

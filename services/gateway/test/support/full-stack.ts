@@ -5,23 +5,30 @@ import { join } from "node:path";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import {
+  connectEventLog,
   createLogger,
   createPool,
+  type EventLogConfig,
   generateServiceKeyPair,
-  JetStreamEventLog,
+  type JetStreamEventLog,
   listen,
   type Pool,
   type RunningServer,
 } from "@kilo-cloud/common";
 import { SessionService, StreamService } from "@kilo-cloud/proto";
 import {
-  createSandboxManager,
-  DEFAULT_RUNNER_SETTINGS,
-  LocalDriver,
+  buildSandboxManager,
+  createDriver,
+  loadSandboxManagerConfig,
   packagedKiloBinary,
   type RunnerSettings,
 } from "@kilo-cloud/sandbox-manager";
-import { type CallbackSenderLike, createSessionService, migrateSessionSchema } from "@kilo-cloud/session";
+import {
+  buildSession,
+  type CallbackSenderLike,
+  loadSessionConfig,
+  migrateSessionSchema,
+} from "@kilo-cloud/session";
 import {
   capturedKiloStream,
   createTestDatabase,
@@ -37,7 +44,7 @@ import {
 import { jetstreamManager } from "@nats-io/jetstream";
 import { SignJWT } from "jose";
 import { CallbackSender } from "../../../session/src/callbacks/callbacks.js";
-import { createGateway } from "../../src/index.js";
+import { buildGateway, loadGatewayConfig } from "../../src/index.js";
 
 export const GIT_TOKEN = `ghs_${randomBytes(18).toString("hex")}`;
 export const INTERNAL_KEY = `internal-${randomBytes(12).toString("hex")}`;
@@ -94,7 +101,6 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
     const nats = await startNats();
     cleanup.push(async () => nats[Symbol.asyncDispose]());
     const tag = randomBytes(4).toString("hex");
-    const eventsOpts = { servers: nats.url, stream: `KILO_EVENTS_${tag}`, subjectPrefix: `ev${tag}` };
     const loopbackPolicy = { allowHttp: true, allowLoopback: true };
     const callbacks = opts.callbackSender
       ? new CallbackSender({
@@ -106,10 +112,17 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
             : {}),
         })
       : opts.callbacks;
-    const connectEvents = async (name: string) => {
-      const log = await JetStreamEventLog.connect({ ...eventsOpts, name });
+    const eventEnv = {
+      NATS_URL: nats.url,
+      EVENTS_STREAM: `KILO_EVENTS_${tag}`,
+      EVENTS_SUBJECT_PREFIX: `ev${tag}`,
+    };
+    const eventsOpts = { stream: eventEnv.EVENTS_STREAM };
+    // Each service its own connection, as in production; sandbox-manager's provisions.
+    const connectEvents = async (config: EventLogConfig, name: string) => {
+      const log = await connectEventLog(config, { name, logger: logger(name) });
       cleanup.push(() => log.close());
-      return log;
+      return { events: log.events, eventsReady: log.ready };
     };
 
     const model = await startModelServer({ apiKey: "sk-stack" });
@@ -132,25 +145,28 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
     const sessionKeys = await generateServiceKeyPair();
 
     // sandbox-manager
-    const driver = await LocalDriver.create({
-      rootDir: join(root, "sandboxes"),
-      isolation: "bwrap",
-      kiloBinary,
+    const sandboxConfig = loadSandboxManagerConfig({
+      ...eventEnv,
+      SANDBOX_DRIVER: "local",
+      SANDBOX_ROOT: join(root, "sandboxes"),
+      SANDBOX_ISOLATION: "bwrap",
+      KILO_BIN: kiloBinary,
+      KILO_PROVIDER: "openai-compatible",
+      KILO_PROVIDER_BASE_URL: model.url,
+      KILO_PROVIDER_API_KEY: "sk-stack",
+      KILO_PROVIDER_ID: "mock",
+      GITHUB_GIT_BASE_URL: git.url,
+      GIT_ALLOW_INSECURE: "true",
+      HEARTBEAT_INTERVAL_MS: "1000",
+      SERVICE_TOKEN_PUBLIC_KEY: sessionKeys.publicKeyPem,
     });
+    const driver = await createDriver(sandboxConfig, logger("sandbox-manager"));
     cleanup.push(() => driver.close());
-    const sandbox = await createSandboxManager({
+    const sandbox = await buildSandboxManager(sandboxConfig, {
+      ...(await connectEvents(sandboxConfig.events, "sandbox-manager")),
       driver,
-      events: await connectEvents("sandbox-manager"),
       logger: logger("sandbox-manager"),
-      serviceTokenPublicKey: sessionKeys.publicKeyPem,
-      settings: {
-        ...DEFAULT_RUNNER_SETTINGS,
-        provider: { kind: "openai-compatible", baseUrl: model.url, apiKey: "sk-stack", id: "mock" },
-        githubBaseUrl: git.url,
-        allowInsecureGit: true,
-        heartbeatIntervalMs: 1_000,
-        ...opts.runner,
-      },
+      ...(opts.runner ? { settings: opts.runner } : {}),
     });
     cleanup.push(() => sandbox.close());
     const sandboxServer: RunningServer = await listen(sandbox.handler, { port: 0, host: "127.0.0.1" });
@@ -163,23 +179,34 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
     cleanup.push(() => pool.end());
     const sessionLogger = logger("session");
     await migrateSessionSchema(pool, sessionLogger);
-    const session = await createSessionService({
+    const sessionConfig = loadSessionConfig({
+      ...eventEnv,
+      DATABASE_URL: database.url,
+      SESSION_SEALING_KEYS: `k1:${randomBytes(32).toString("base64")}`,
+      SERVICE_TOKEN_PUBLIC_KEY: gatewayKeys.publicKeyPem,
+      SANDBOX_MANAGER_URL: sandboxServer.url,
+      SESSION_SERVICE_TOKEN_PRIVATE_KEY: sessionKeys.privateKeyPem,
+      ...(opts.queue?.maxWaiting !== undefined ? { QUEUE_MAX_WAITING: String(opts.queue.maxWaiting) } : {}),
+      ...(opts.queue?.heartbeatStaleMs !== undefined
+        ? { HEARTBEAT_STALE_MS: String(opts.queue.heartbeatStaleMs) }
+        : {}),
+      ...(opts.dispatcher?.queueExpiryMs !== undefined
+        ? { QUEUE_EXPIRY_MS: String(opts.dispatcher.queueExpiryMs) }
+        : {}),
+      ...(opts.dispatcher?.staleAfterMs !== undefined
+        ? { EXECUTION_STALE_MS: String(opts.dispatcher.staleAfterMs) }
+        : {}),
+      ...(opts.callbackSender?.retryScheduleMs
+        ? { CALLBACK_RETRY_SCHEDULE: opts.callbackSender.retryScheduleMs.map((ms) => `${ms}ms`).join(",") }
+        : {}),
+    });
+    const session = await buildSession(sessionConfig, {
+      ...(await connectEvents(sessionConfig.executions?.events ?? sandboxConfig.events, "session")),
       pool,
       logger: sessionLogger,
-      sealingKeys: [{ id: "k1", key: randomBytes(32) }],
-      serviceTokenPublicKey: gatewayKeys.publicKeyPem,
-      executions: {
-        sandboxUrl: sandboxServer.url,
-        serviceTokenPrivateKey: sessionKeys.privateKeyPem,
-        events: await connectEvents("session"),
-        dispatcher: { sweepIntervalMs: 500, ...opts.dispatcher },
-        queue: opts.queue ?? {},
-        ...(callbacks ? { callbacks } : {}),
-        ...(opts.callbackSender ? { callbackPolicy: loopbackPolicy } : {}),
-        ...(opts.callbackSender?.retryScheduleMs
-          ? { callbackRetryScheduleMs: opts.callbackSender.retryScheduleMs }
-          : {}),
-      },
+      dispatcher: { sweepIntervalMs: opts.dispatcher?.sweepIntervalMs ?? 500 },
+      ...(callbacks ? { callbacks } : {}),
+      ...(opts.callbackSender ? { callbackPolicy: loopbackPolicy } : {}),
     });
     cleanup.push(() => session.close());
     const sessionServer = await listen(session.handler, { port: 0, host: "127.0.0.1" });
@@ -187,15 +214,18 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
 
     // gateway
     const hs256Secret = randomBytes(32).toString("hex");
-    const gatewayEvents = await connectEvents("gateway");
-    const gateway = await createGateway({
+    const gatewayConfig = loadGatewayConfig({
+      ...eventEnv,
+      AUTH_HS256_SECRET: hs256Secret,
+      INTERNAL_API_SECRET: INTERNAL_KEY,
+      SERVICE_TOKEN_PRIVATE_KEY: gatewayKeys.privateKeyPem,
+      STREAM_TICKET_SECRET: randomBytes(32).toString("hex"),
+      SESSION_SERVICE_URL: sessionServer.url,
+    });
+    const gatewayEvents = await connectEvents(gatewayConfig.events, "gateway");
+    const gateway = await buildGateway(gatewayConfig, {
+      ...gatewayEvents,
       logger: logger("gateway"),
-      userTokens: { hs256Secret },
-      internalApiKey: INTERNAL_KEY,
-      serviceTokenPrivateKey: gatewayKeys.privateKeyPem,
-      streamTicketSecret: randomBytes(32).toString("hex"),
-      sessionServiceUrl: sessionServer.url,
-      events: gatewayEvents,
       keepaliveMs: opts.keepaliveMs ?? 5_000,
     });
     cleanup.push(async () => gateway.close());
@@ -226,7 +256,7 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
       logs,
       eventsStream: eventsOpts.stream,
       async purgeEvents(beforeId) {
-        const jsm = await jetstreamManager(gatewayEvents.nc);
+        const jsm = await jetstreamManager((gatewayEvents.events as JetStreamEventLog).nc);
         await jsm.streams.purge(eventsOpts.stream, { seq: Number(beforeId) });
         return BigInt((await jsm.streams.info(eventsOpts.stream)).state.first_seq);
       },

@@ -7,6 +7,7 @@ import {
   createGrpcWebTransport,
 } from "@connectrpc/connect-node";
 import {
+  connectEventLog,
   createLogger,
   createPool,
   generateServiceKeyPair,
@@ -15,10 +16,10 @@ import {
   type RunningServer,
 } from "@kilo-cloud/common";
 import { SessionService, StreamService } from "@kilo-cloud/proto";
-import { createSessionService, migrateSessionSchema } from "@kilo-cloud/session";
+import { buildSession, loadSessionConfig, migrateSessionSchema } from "@kilo-cloud/session";
 import { createTestDatabase, type TestDatabase } from "@kilo-cloud/testing";
 import { SignJWT } from "jose";
-import { createGateway, type GatewayApp } from "../../src/index.js";
+import { buildGateway, type GatewayApp, loadGatewayConfig } from "../../src/index.js";
 
 export const INTERNAL_API_KEY = `internal-${randomBytes(16).toString("hex")}`;
 
@@ -68,21 +69,36 @@ export async function startStack(): Promise<Stack> {
   const keys = await generateServiceKeyPair();
   const sessionLogger = createLogger({ service: "session", level: "debug", destination });
   await migrateSessionSchema(pool, sessionLogger);
-  const session = await createSessionService({
-    pool,
-    logger: sessionLogger,
-    sealingKeys: [{ id: "k1", key: randomBytes(32) }],
-    serviceTokenPublicKey: keys.publicKeyPem,
+  const sessionConfig = loadSessionConfig({
+    DATABASE_URL: database.url,
+    SESSION_SEALING_KEYS: `k1:${randomBytes(32).toString("base64")}`,
+    SERVICE_TOKEN_PUBLIC_KEY: keys.publicKeyPem,
   });
+  const session = await buildSession(sessionConfig, { pool, logger: sessionLogger });
   const sessionServer: RunningServer = await listen(session.handler, { port: 0, host: "127.0.0.1" });
   const hs256Secret = randomBytes(32).toString("hex");
-  const gateway: GatewayApp = await createGateway({
-    logger: createLogger({ service: "gateway", level: "debug", destination }),
-    userTokens: { hs256Secret, issuer: TEST_ISSUER, audience: TEST_AUDIENCE },
-    internalApiKey: INTERNAL_API_KEY,
-    serviceTokenPrivateKey: keys.privateKeyPem,
-    streamTicketSecret: randomBytes(32).toString("hex"),
-    sessionServiceUrl: sessionServer.url,
+  // Subscribe reads the Postgres event log of the test database (no NATS in this stack).
+  const gatewayLogger = createLogger({ service: "gateway", level: "debug", destination });
+  const gatewayConfig = loadGatewayConfig({
+    AUTH_HS256_SECRET: hs256Secret,
+    AUTH_ISSUER: TEST_ISSUER,
+    AUTH_AUDIENCE: TEST_AUDIENCE,
+    INTERNAL_API_SECRET: INTERNAL_API_KEY,
+    SERVICE_TOKEN_PRIVATE_KEY: keys.privateKeyPem,
+    STREAM_TICKET_SECRET: randomBytes(32).toString("hex"),
+    SESSION_SERVICE_URL: sessionServer.url,
+    EVENTS_BACKEND: "postgres",
+    EVENTS_DATABASE_URL: database.url,
+  });
+  const events = await connectEventLog(gatewayConfig.events, {
+    name: "gateway",
+    logger: gatewayLogger,
+    pool,
+  });
+  const gateway: GatewayApp = await buildGateway(gatewayConfig, {
+    logger: gatewayLogger,
+    events: events.events,
+    eventsReady: events.ready,
   });
   const gatewayServer = await listen(gateway.handler, { port: 0, host: "127.0.0.1" });
 
@@ -152,6 +168,8 @@ export async function startStack(): Promise<Stack> {
       gateway.close();
       await gatewayServer.close(100);
       await sessionServer.close(100);
+      await session.close();
+      await events.close();
       await pool.end();
       await database.drop();
     },

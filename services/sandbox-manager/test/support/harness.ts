@@ -6,10 +6,11 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import {
+  connectEventLog,
   createLogger,
   createServiceTokenSigner,
   generateServiceKeyPair,
-  JetStreamEventLog,
+  type JetStreamEventLog,
   listen,
   type RunningServer,
   TERMINAL_EVENT_TYPES,
@@ -25,15 +26,11 @@ import {
   startNats,
   type TestNats,
 } from "@kilo-cloud/testing";
-import { LocalDriver } from "../../src/drivers/local/local-driver.js";
-import {
-  DEFAULT_RUNNER_SETTINGS,
-  type RepositoryTokens,
-  type RunnerSettings,
-} from "../../src/execution/runner.js";
+import { buildSandboxManager, createDriver } from "../../src/build.js";
+import { loadSandboxManagerConfig } from "../../src/config.js";
+import type { RepositoryTokens, RunnerSettings } from "../../src/execution/runner.js";
 import { packagedKiloBinary } from "../../src/kilo/command.js";
 import {
-  createSandboxManager,
   SANDBOX_SERVICE_AUDIENCE,
   type SandboxManagerApp,
   SESSION_SERVICE_ISSUER,
@@ -85,11 +82,6 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
   if (!kilo) throw new Error("the kilo binary (@kilocode/cli-linux-x64) is not installed");
   const nats = await startNats();
   const tag = randomBytes(4).toString("hex");
-  const events = await JetStreamEventLog.connect({
-    servers: nats.url,
-    stream: `EV_${tag}`,
-    subjectPrefix: `ev${tag}`,
-  });
   const model = await startModelServer({ apiKey: MODEL_KEY });
   const git = await startGitServer({ auth: opts.gitAuth ?? { username: GIT_USER, password: GIT_TOKEN } });
   const rootDir = await mkdtemp(join(tmpdir(), "kc-sbx-"));
@@ -99,24 +91,36 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     level: "debug",
     destination: { write: (l: string) => void logs.push(l) },
   });
-  const driver = await LocalDriver.create({ rootDir, isolation: "bwrap", kiloBinary: kilo, logger });
   const keys = await generateServiceKeyPair();
   const secretKeys = generateSecretKeyPair();
-  const app = await createSandboxManager({
-    tokens: opts.tokens,
+  const config = loadSandboxManagerConfig({
+    NATS_URL: nats.url,
+    EVENTS_STREAM: `EV_${tag}`,
+    EVENTS_SUBJECT_PREFIX: `ev${tag}`,
+    SANDBOX_DRIVER: "local",
+    SANDBOX_ROOT: rootDir,
+    SANDBOX_ISOLATION: "bwrap",
+    KILO_BIN: kilo,
+    KILO_PROVIDER: "openai-compatible",
+    KILO_PROVIDER_BASE_URL: model.url,
+    KILO_PROVIDER_API_KEY: MODEL_KEY,
+    KILO_PROVIDER_ID: "mock",
+    AGENT_ENV_VARS_PRIVATE_KEY: secretKeys.privateKeyPem,
+    GITHUB_GIT_BASE_URL: git.url,
+    GIT_ALLOW_INSECURE: "true",
+    HEARTBEAT_INTERVAL_MS: "2000",
+    SERVICE_TOKEN_PUBLIC_KEY: keys.publicKeyPem,
+  });
+  const log = await connectEventLog(config.events, { name: "sandbox-manager", logger });
+  const events = log.events as JetStreamEventLog;
+  const driver = await createDriver(config, logger);
+  const app = await buildSandboxManager(config, {
     driver,
     events,
+    eventsReady: log.ready,
     logger,
-    serviceTokenPublicKey: keys.publicKeyPem,
-    settings: {
-      ...DEFAULT_RUNNER_SETTINGS,
-      provider: { kind: "openai-compatible", baseUrl: model.url, apiKey: MODEL_KEY, id: "mock" },
-      secretsPrivateKey: secretKeys.privateKeyPem,
-      githubBaseUrl: git.url,
-      allowInsecureGit: true,
-      heartbeatIntervalMs: 2_000,
-      ...opts.settings,
-    },
+    ...(opts.tokens ? { tokens: opts.tokens } : {}),
+    ...(opts.settings ? { settings: opts.settings } : {}),
   });
   const server: RunningServer = await listen(app.handler, { port: 0, host: "127.0.0.1" });
   const sign = await createServiceTokenSigner(keys.privateKeyPem, SESSION_SERVICE_ISSUER);

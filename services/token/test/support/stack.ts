@@ -24,10 +24,10 @@ import {
 } from "@kilo-cloud/testing";
 import { createTokenClient, type TokenClient } from "../../src/client.js";
 import {
-  createTokenService,
+  buildToken,
+  loadTokenConfig,
   migrateTokenSchema,
   TOKEN_SERVICE_CALLER_ISSUER,
-  type TokenServiceDeps,
 } from "../../src/index.js";
 
 export const APP_ID = "123456";
@@ -68,8 +68,8 @@ export interface TokenStack extends AsyncDisposable {
     accountLogin: string,
     owner: { orgId: string } | { userId: string },
   ): Promise<void>;
-  /** Another replica on the same database (a restart, or a second pod). */
-  replica(overrides?: Partial<TokenServiceDeps>): Promise<TokenReplica>;
+  /** Another replica on the same database (a restart, or a second pod), its variables changed by `env`. */
+  replica(env?: Record<string, string>): Promise<TokenReplica>;
 }
 
 export async function startTokenStack(
@@ -94,17 +94,19 @@ export async function startTokenStack(
   const sign = await createServiceTokenSigner(callerKeys.privateKeyPem, TOKEN_SERVICE_CALLER_ISSUER);
   const servers: RunningServer[] = [];
 
-  const replica = async (overrides: Partial<TokenServiceDeps> = {}): Promise<TokenReplica> => {
-    const app = await createTokenService({
-      pool,
-      logger,
-      sealingKeys,
-      serviceTokenPublicKey: callerKeys.publicKeyPem,
-      internalApiKey: INTERNAL_API_KEY,
-      github: { appId: APP_ID, privateKey: appKey.privateKeyPem, apiUrl: github.url, timeoutMs: 5_000 },
-      now: () => clock.now,
-      ...overrides,
-    });
+  const baseEnv = {
+    DATABASE_URL: database.url,
+    TOKEN_SEALING_KEYS: sealingKeys.map((k) => `${k.id}:${k.key.toString("base64")}`).join(","),
+    SERVICE_TOKEN_PUBLIC_KEY: callerKeys.publicKeyPem,
+    INTERNAL_API_SECRET: INTERNAL_API_KEY,
+    GITHUB_APP_ID: APP_ID,
+    GITHUB_APP_PRIVATE_KEY: appKey.privateKeyPem,
+    GITHUB_API_URL: github.url,
+    GITHUB_TIMEOUT_MS: "5000",
+  };
+  const replica = async (env: Record<string, string> = {}): Promise<TokenReplica> => {
+    const config = loadTokenConfig({ ...baseEnv, ...env });
+    const app = await buildToken(config, { pool, logger, now: () => clock.now });
     const server = await listen(app.handler, { port: 0, host: "127.0.0.1" });
     servers.push(server);
     const close = () => server.close(100);

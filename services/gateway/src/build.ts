@@ -1,0 +1,37 @@
+import { type ConnectedEventLog, connectEventLog, type EventLog, type Logger } from "@kilo-cloud/common";
+import type { GatewayConfig } from "./config.js";
+import { createGateway, type GatewayApp } from "./server.js";
+
+/** What the gateway runs on, connected: main.ts makes it from the config, tests may share theirs. */
+export interface GatewayInfra {
+  logger: Logger;
+  events: EventLog;
+  eventsReady?: () => Promise<void>;
+  /** Keepalive of Subscribe streams (default 15 s). */
+  keepaliveMs?: number;
+}
+
+/** The gateway's one composition root: main.ts, the one-process mode and the test stacks call it. */
+export function buildGateway(config: GatewayConfig, infra: GatewayInfra): Promise<GatewayApp> {
+  return createGateway({
+    logger: infra.logger,
+    userTokens: config.userTokens,
+    internalApiKey: config.internalApiKey,
+    serviceTokenPrivateKey: config.serviceTokenPrivateKey,
+    streamTicketSecret: config.streamTicketSecret,
+    sessionServiceUrl: config.sessionServiceUrl,
+    upstreamTimeoutMs: config.upstreamTimeoutMs,
+    events: infra.events,
+    ...(infra.eventsReady ? { eventsReady: infra.eventsReady } : {}),
+    ...(infra.keepaliveMs !== undefined ? { keepaliveMs: infra.keepaliveMs } : {}),
+  });
+}
+
+/** Connects what the config names (the event log, bound only). */
+export async function connectGatewayInfra(
+  config: GatewayConfig,
+  logger: Logger,
+): Promise<GatewayInfra & { close(): Promise<void> }> {
+  const log: ConnectedEventLog = await connectEventLog(config.events, { name: "gateway", logger });
+  return { logger, events: log.events, eventsReady: log.ready, close: log.close };
+}
