@@ -67,26 +67,26 @@ export function createObservabilityInterceptor(logger: Logger, registry: Registr
   const requests = new Counter({
     name: "rpc_requests_total",
     help: "RPCs handled, by method and code",
-    labelNames: ["service", "method", "code"],
+    labelNames: ["rpc_service", "rpc_method", "rpc_code"],
     registers: [registry],
   });
   const duration = new Histogram({
     name: "rpc_duration_seconds",
     help: "Time to the response headers of an RPC (streams: to the first message)",
-    labelNames: ["service", "method"],
+    labelNames: ["rpc_service", "rpc_method"],
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: [registry],
   });
   return (next) => async (req) => {
-    const labels = { service: req.service.typeName, method: req.method.name };
+    const labels = { rpc_service: req.service.typeName, rpc_method: req.method.name };
     const end = duration.startTimer(labels);
     try {
       const res = await next(req);
-      requests.inc({ ...labels, code: "ok" });
+      requests.inc({ ...labels, rpc_code: "ok" });
       return res;
     } catch (err) {
       const ce = ConnectError.from(err);
-      requests.inc({ ...labels, code: Code[ce.code] ?? String(ce.code) });
+      requests.inc({ ...labels, rpc_code: Code[ce.code] ?? String(ce.code) });
       const serverFault = ce.code === Code.Internal || ce.code === Code.Unknown || ce.code === Code.DataLoss;
       const fields = {
         rpc: `${req.service.typeName}/${req.method.name}`,

@@ -553,7 +553,9 @@ describe("gateway authentication and authorization", () => {
           const text = await res.text();
           if (path === "/metrics") {
             expect(text).toContain("rpc_requests_total");
-            expect(text).toMatch(/rpc_requests_total\{[^}]*method="GetSession"[^}]*code="ok"[^}]*\} [1-9]/);
+            expect(text).toMatch(
+              /rpc_requests_total\{[^}]*rpc_method="GetSession"[^}]*rpc_code="ok"[^}]*\} [1-9]/,
+            );
           }
         }
       }

@@ -23,6 +23,7 @@ import { DEFAULT_DISPATCHER_SETTINGS, Dispatcher, type DispatcherSettings } from
 import { startLifecycleConsumer } from "./dispatch/lifecycle.js";
 import { callbackDeliveryHandlers } from "./handlers/callback-deliveries.js";
 import { type QueueSettings, sessionHandlers } from "./handlers/sessions.js";
+import { createSessionMetrics } from "./metrics.js";
 import { createSandboxClient, type SandboxClient } from "./sandbox/client.js";
 
 /** The audience of service tokens addressed to this service. */
@@ -85,6 +86,7 @@ export function migrateSessionSchema(pool: Pool, logger?: Logger): Promise<numbe
 /** Builds the session service (no listening: main.ts and tests do that). */
 export async function createSessionService(deps: SessionServiceDeps): Promise<SessionServiceApp> {
   const metrics = createMetricsRegistry("session");
+  const sessionMetrics = createSessionMetrics(metrics, deps.pool);
   const verify = await createServiceTokenVerifier(deps.serviceTokenPublicKey, SESSION_SERVICE_AUDIENCE);
   const sealer = new Sealer(deps.sealingKeys);
   const stop = new AbortController();
@@ -101,6 +103,7 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
         pool: deps.pool,
         sealer,
         sender: x.callbacks,
+        metrics: sessionMetrics,
         logger: deps.logger,
         ...(x.callbackRetryScheduleMs ? { retryScheduleMs: x.callbackRetryScheduleMs } : {}),
       });
@@ -112,6 +115,7 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
       events: x.events,
       logger: deps.logger,
       settings: { ...DEFAULT_DISPATCHER_SETTINGS, ...x.dispatcher },
+      metrics: sessionMetrics,
       ...(outbox ? { onFinished: () => outbox?.wake() } : {}),
     });
     dispatcher = d;

@@ -379,8 +379,8 @@ describe("service endpoints", () => {
     expect((await fetch(`${stack.url}/healthz`)).status).toBe(200);
     expect((await fetch(`${stack.url}/readyz`)).status).toBe(200);
     const metrics = await (await fetch(`${stack.url}/metrics`)).text();
-    expect(metrics).toMatch(/token_cache_lookups_total\{result="hit",service="token"\} [1-9]/);
-    expect(metrics).toMatch(/token_cache_lookups_total\{result="shared",service="token"\} [1-9]/);
+    expect(metrics).toMatch(/token_cache_lookups_total\{result="hit",component="token"\} [1-9]/);
+    expect(metrics).toMatch(/token_cache_lookups_total\{result="shared",component="token"\} [1-9]/);
   });
 
   it("answers in the wire format sandbox-manager reads", async () => {

@@ -10,6 +10,7 @@ import {
   scheduleRetry,
 } from "../db/callback-deliveries.js";
 import { sealContext } from "../handlers/seal-context.js";
+import type { SessionMetrics } from "../metrics.js";
 
 /** Makes one signed attempt; resolves with its outcome (never throws). */
 export interface CallbackSenderLike {
@@ -35,6 +36,7 @@ export interface CallbackOutboxDeps {
   /** How long a claimed delivery stays with this replica while its attempt runs. */
   leaseMs?: number;
   random?: () => number;
+  metrics?: SessionMetrics;
 }
 
 /**
@@ -131,6 +133,7 @@ export class CallbackOutbox {
   private async record(row: ClaimedDelivery, result: AttemptResult): Promise<void> {
     const { pool, logger } = this.deps;
     const ctx = { executionId: row.execution_id, attempts: row.attempts };
+    this.deps.metrics?.callbackAttempt(result.outcome);
     if (result.outcome === "delivered") {
       await markDelivered(pool, row.execution_id, result.httpStatus ?? 200);
       return;

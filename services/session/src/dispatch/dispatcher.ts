@@ -13,6 +13,7 @@ import { EventSchema, McpServerSchema } from "@kilo-cloud/proto";
 import { type StartExecutionRequest, StartExecutionRequestSchema } from "@kilo-cloud/proto/sandbox";
 import type { ExecutionRow, SessionRow } from "../db/sessions.js";
 import { sealContext } from "../handlers/seal-context.js";
+import type { SessionMetrics } from "../metrics.js";
 import type { SandboxClient } from "../sandbox/client.js";
 
 export interface DispatcherSettings {
@@ -44,6 +45,7 @@ export interface DispatcherDeps {
   settings: DispatcherSettings;
   /** Called after an execution reached a terminal status (e.g. to wake the callback worker). */
   onFinished?: () => void;
+  metrics?: SessionMetrics;
 }
 
 /**
@@ -115,6 +117,7 @@ export class Dispatcher {
     }
     try {
       await this.deps.sandbox.startExecution(request, { timeoutMs: this.deps.settings.sandboxTimeoutMs });
+      this.deps.metrics?.executionStarted(execution.created_at, new Date());
       this.deps.logger.info({ sessionId, executionId: execution.id }, "execution started");
       return execution.id;
     } catch (err) {
@@ -143,7 +146,7 @@ export class Dispatcher {
     extra: { exitCode?: number; branch?: string } = {},
     beforeNext?: (sessionId: string) => Promise<void>,
   ): Promise<boolean> {
-    const sessionId = await inTransaction(this.deps.pool, async (tx) => {
+    const finished = await inTransaction(this.deps.pool, async (tx) => {
       const { rows } = await tx.query<ExecutionRow>(
         `UPDATE session.executions
          SET status = $2, error_message = $3, exit_code = $4, finished_at = clock_timestamp()
@@ -154,9 +157,11 @@ export class Dispatcher {
       const row = rows[0];
       if (!row) return undefined;
       await this.queueCallback(tx, row, status, errorMessage, extra.branch);
-      return row.session_id;
+      return row;
     });
-    if (!sessionId) return false;
+    if (!finished) return false;
+    this.deps.metrics?.executionFinished(status, finished.started_at, finished.finished_at);
+    const sessionId = finished.session_id;
     this.deps.onFinished?.();
     await beforeNext?.(sessionId);
     await this.kick(sessionId).catch((err: unknown) =>
