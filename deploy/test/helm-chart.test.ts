@@ -1,4 +1,8 @@
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { stringify } from "yaml";
 import { loadKubernetesDriverConfig } from "../../services/sandbox-manager/src/drivers/kubernetes/config.js";
@@ -305,6 +309,68 @@ describe("the chart's switches", () => {
     );
     const [sm] = byKind(objects, "ServiceMonitor");
     expect(sm?.spec.endpoints).toEqual([{ port: "http", path: "/metrics", interval: "30s" }]);
+  });
+
+  it("refuses values the schema does not allow, naming each field (values.schema.json)", () => {
+    let message = "";
+    try {
+      render(
+        [],
+        [
+          "services.gateway.replicas=two",
+          "kiloProvider.kind=openai",
+          "sandboxx.namespace=x",
+          "sandbox.workspace.volume=hostPath",
+          "services.session.secretEnv.bad-name.key=k",
+        ],
+      );
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    expect(message).toContain("services.gateway.replicas: Invalid type. Expected: integer, given: string");
+    expect(message).toMatch(/kiloProvider.kind must be one of the following: "kilo", "openai-compatible"/);
+    expect(message).toContain("Additional property sandboxx is not allowed");
+    expect(message).toMatch(/sandbox.workspace.volume must be one of the following/);
+    expect(message).toMatch(/services.session.secretEnv/);
+    // Lint refuses the same values.
+    const r = helm(["lint", "--strict", CHART, "--set", "services.gateway.replicas=two"]);
+    expect(r.status).not.toBe(0);
+    expect(r.stdout + r.stderr).toContain("services.gateway.replicas");
+  });
+
+  it("packages into an installable archive that carries its schema", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kca-package-"));
+    try {
+      const r = helm(["package", CHART, "--destination", dir]);
+      expect(r.status, r.stderr).toBe(0);
+      const archive = join(dir, readdirSync(dir).find((f) => f.endsWith(".tgz")) ?? "none");
+      const listed = spawnSync("tar", ["-tzf", archive], { encoding: "utf8" }).stdout.split("\n");
+      expect(listed).toContain("kilo-cloud-agent/values.schema.json");
+      expect(listed).toContain("kilo-cloud-agent/dashboards/kilo-cloud-agent.json");
+      // The packaged chart refuses bad values as the source does.
+      expect(helm(["template", "t", archive, "--set", "services.gateway.replicas=two"]).status).not.toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("renders the Grafana dashboard and the alert rules only when asked", () => {
+    expect(byKind(render(), "PrometheusRule")).toEqual([]);
+    const objects = render([CI_VALUES]);
+    const [rule] = byKind(objects, "PrometheusRule");
+    const alerts = rule?.spec.groups[0].rules.map((r: { alert: string }) => r.alert);
+    expect(alerts).toEqual([
+      "KiloExecutionsStuck",
+      "KiloExecutionFailureRateHigh",
+      "KiloQueueWaitHigh",
+      "KiloCallbackDeadLetters",
+      "KiloServerErrors",
+    ]);
+    expect(rule?.metadata.labels?.release).toBe("prometheus");
+    const dashboard = byKind(objects, "ConfigMap").find((c) => c.metadata.labels?.grafana_dashboard === "1");
+    const json = JSON.parse(dashboard?.data["kilo-cloud-agent.json"]);
+    expect(json.uid).toBe("kilo-cloud-agent");
+    expect(json.panels.length).toBeGreaterThanOrEqual(8);
   });
 
   it("refuses external NATS without a URL, and a missing secret name", () => {
