@@ -82,3 +82,40 @@ export class EnvReader {
     }
   }
 }
+
+/** What a config loader does with an environment: the variables it reads, and the required ones missing. */
+export interface EnvUsage {
+  read: Set<string>;
+  missing: string[];
+  /** The loader's other complaints (invalid values), or its error if it was not a ConfigError. */
+  problems: string[];
+}
+
+/**
+ * Runs a loader (`load<Service>Config`) on `env` and records every variable it looks at:
+ * the loaders declare what they read by reading it, so the Helm chart can be checked
+ * against them both ways without a list kept by hand.
+ */
+export function envUsage(load: (env: Env) => unknown, env: Env): EnvUsage {
+  const read = new Set<string>();
+  const recording = new Proxy(env, {
+    get(target, name, receiver) {
+      if (typeof name === "string") read.add(name);
+      return Reflect.get(target, name, receiver);
+    },
+  });
+  const missing: string[] = [];
+  const problems: string[] = [];
+  try {
+    load(recording);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    for (const line of err.message.split("\n").slice(1)) {
+      const text = line.replace(/^\s*- /, "");
+      const m = /^([A-Z0-9_]+) is required$/.exec(text);
+      if (m?.[1]) missing.push(m[1]);
+      else problems.push(text);
+    }
+  }
+  return { read, missing, problems };
+}

@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { createRegistry } from "@bufbuild/protobuf";
 import { createValidator, type Validator, violationsToProto } from "@bufbuild/protovalidate";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
@@ -59,9 +60,43 @@ export function createValidationInterceptor(validator: Validator = createApiVali
   };
 }
 
+/** The text clients get for an unexpected error: nothing of the cause (SQL, hosts, stacks). */
+export const INTERNAL_ERROR_MESSAGE = "internal error";
+/** What a caller sees when a dependency (database, NATS) is down or restarting. */
+export const UNAVAILABLE_MESSAGE = "temporarily unavailable, retry";
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
+
+/** The request's ids for the log: its `x-request-id` (or a new one) and the session/execution it names. */
+function requestIds(req: { header: Headers; stream: boolean; message?: unknown }): Record<string, string> {
+  const given = req.header.get("x-request-id");
+  const ids: Record<string, string> = { requestId: given && REQUEST_ID.test(given) ? given : randomUUID() };
+  if (!req.stream && req.message && typeof req.message === "object") {
+    const m = req.message as { cloudAgentSessionId?: unknown; executionId?: unknown };
+    if (typeof m.cloudAgentSessionId === "string" && m.cloudAgentSessionId)
+      ids.sessionId = m.cloudAgentSessionId;
+    if (typeof m.executionId === "string" && m.executionId) ids.executionId = m.executionId;
+  }
+  return ids;
+}
+
 /**
- * Counts and times every RPC, and logs failures: the code and message at info/warn (they
- * are meant for callers), the cause only for internal errors. Never logs request bodies.
+ * The one boundary errors cross. A ConnectError a handler threw on purpose goes to the
+ * client as it is (INTERNAL ones carry a fixed text; their cause stays here). Anything else
+ * (a plain Error from a driver, pg, NATS…, or an UNKNOWN) becomes INTERNAL with a neutral
+ * message naming the request id, and is logged once with its stack.
+ */
+export function toClientError(err: unknown): { error: ConnectError; unexpected: boolean } {
+  if (err instanceof ConnectError && err.code !== Code.Unknown) return { error: err, unexpected: false };
+  if (isOutage(err))
+    return { error: new ConnectError(UNAVAILABLE_MESSAGE, Code.Unavailable), unexpected: true };
+  return { error: new ConnectError(INTERNAL_ERROR_MESSAGE, Code.Internal), unexpected: true };
+}
+
+/**
+ * Counts and times every RPC, and logs failures: the code and message at info (they are
+ * meant for callers), server faults at error with their cause's stack (`err`) and the
+ * request's ids. Errors inside server streams are handled the same way. Never logs bodies.
  */
 export function createObservabilityInterceptor(logger: Logger, registry: Registry): Interceptor {
   const requests = new Counter({
@@ -79,27 +114,47 @@ export function createObservabilityInterceptor(logger: Logger, registry: Registr
   });
   return (next) => async (req) => {
     const labels = { rpc_service: req.service.typeName, rpc_method: req.method.name };
+    const rpc = `${req.service.typeName}/${req.method.name}`;
+    const ids = requestIds(req);
+    const fail = (err: unknown): ConnectError => {
+      const { error, unexpected } = toClientError(err);
+      requests.inc({ ...labels, rpc_code: Code[error.code] ?? String(error.code) });
+      const serverFault = unexpected || error.code === Code.Internal || error.code === Code.DataLoss;
+      if (!serverFault) {
+        logger.info({ rpc, ...ids, code: Code[error.code], error: error.rawMessage }, "rpc refused");
+        return error;
+      }
+      // The cause: the original error, or the one an internalError() wrapped.
+      const cause = unexpected ? err : (error.cause ?? err);
+      logger.error(
+        { rpc, ...ids, code: Code[error.code], error: error.rawMessage, err: cause },
+        "rpc failed",
+      );
+      return unexpected
+        ? new ConnectError(`${error.rawMessage} (request ${ids.requestId})`, error.code)
+        : error;
+    };
     const end = duration.startTimer(labels);
     try {
       const res = await next(req);
-      requests.inc({ ...labels, rpc_code: "ok" });
-      return res;
-    } catch (err) {
-      const ce = ConnectError.from(err);
-      requests.inc({ ...labels, rpc_code: Code[ce.code] ?? String(ce.code) });
-      const serverFault = ce.code === Code.Internal || ce.code === Code.Unknown || ce.code === Code.DataLoss;
-      const fields = {
-        rpc: `${req.service.typeName}/${req.method.name}`,
-        code: Code[ce.code],
-        // Not `msg`: pino writes its own `msg` after the fields, and JSON parsers keep the last.
-        error: ce.rawMessage,
-        ...(serverFault
-          ? { cause: ce.cause instanceof Error ? ce.cause.message : String(ce.cause ?? "") }
-          : {}),
+      if (!res.stream) {
+        requests.inc({ ...labels, rpc_code: "ok" });
+        return res;
+      }
+      const messages = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* messages;
+          } catch (err) {
+            throw fail(err);
+          }
+          requests.inc({ ...labels, rpc_code: "ok" });
+        })(),
       };
-      if (serverFault) logger.error(fields, "rpc failed");
-      else logger.info(fields, "rpc refused");
-      throw ce;
+    } catch (err) {
+      throw fail(err);
     } finally {
       end();
     }
