@@ -29,6 +29,7 @@ import {
 import { createStreamTickets } from "./handlers/stream-tickets.js";
 import { subscribeHandler } from "./handlers/subscribe.js";
 import { streamTicketRoute } from "./handlers/ticket-route.js";
+import { trpcRoute } from "./trpc/http-route.js";
 
 /** Must match the session service's audience. */
 const SESSION_AUDIENCE = "kilo-cloud-session";
@@ -150,6 +151,15 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
       streamTicketRoute(async (bearer, id, signal) => {
         const { userId } = await verifyUser(bearer);
         return issueTicket({ userId, internal: false }, id, signal);
+      }),
+      // The hosted product's tRPC API, translated onto the same session service calls.
+      trpcRoute({
+        sessions,
+        upstream,
+        verifyUser,
+        internalApiKey: deps.internalApiKey,
+        events: deps.events,
+        logger: deps.logger,
       }),
     ],
     readiness: async () => {
