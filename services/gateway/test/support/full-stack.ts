@@ -37,7 +37,7 @@ import {
 import { jetstreamManager } from "@nats-io/jetstream";
 import { SignJWT } from "jose";
 import { CallbackSender } from "../../../session/src/callbacks/callbacks.js";
-import { createGateway } from "../../src/index.js";
+import { createGateway, type GatewayDeps } from "../../src/index.js";
 
 export const GIT_TOKEN = `ghs_${randomBytes(18).toString("hex")}`;
 export const INTERNAL_KEY = `internal-${randomBytes(12).toString("hex")}`;
@@ -57,6 +57,8 @@ export interface FullStackOptions {
    */
   callbackSender?: { secret: string; baseDelayMs?: number; maxAttempts?: number; timeoutMs?: number };
   keepaliveMs?: number;
+  /** Extra gateway settings (e.g. the hosted backend's secret, /stream settings). */
+  gateway?: Partial<Pick<GatewayDeps, "hostedAuthSecret" | "streamPingMs" | "streamSocket">>;
 }
 
 /**
@@ -197,6 +199,7 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
       sessionServiceUrl: sessionServer.url,
       events: gatewayEvents,
       keepaliveMs: opts.keepaliveMs ?? 5_000,
+      ...opts.gateway,
     });
     cleanup.push(async () => gateway.close());
     const gatewayServer = await listen(gateway.handler, { port: 0, host: "127.0.0.1" });
