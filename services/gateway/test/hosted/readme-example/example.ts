@@ -1,10 +1,15 @@
 // The reference README's "TypeScript Client (Recommended)" example, as written there, but for
 // the URLs (this gateway instead of your-worker.dev / your-backend.com), the backend's
 // `x-internal-api-key` header that its text requires for prepareSession, and `ws` standing in
-// for the browser's WebSocket (Node 20 has no global one).
+// for the browser's WebSocket (Node 20 has no global one). Imports name their `.js` file (nodenext)
+// and `fetch` is typed as the DOM's (whose `json()` is `any`); the code is otherwise untouched.
 import { createTRPCClient, httpBatchLink } from "@trpc/client";
 import WebSocket from "ws";
-import type { AppRouter } from "./router";
+import type { AppRouter } from "./router.js";
+
+// biome-ignore lint/suspicious/noExplicitAny: the DOM's Response.json() is any
+type DomResponse = Omit<Response, "json"> & { json(): Promise<any> };
+const fetch = globalThis.fetch as (...args: Parameters<typeof globalThis.fetch>) => Promise<DomResponse>;
 
 export async function readmeExample(env: {
   WORKER: string;
