@@ -10,6 +10,7 @@ import { hostedClient, prepareInput } from "./clients.js";
 
 type V1 = Record<string, unknown> & { streamEventType: string };
 
+/** Handlers typed loosely: the client types a generator procedure's data as the iterable itself. */
 function collect(
   subscribe: (handlers: {
     onData: (e: V1) => void;
@@ -77,7 +78,7 @@ describe("tRPC facade: deprecated V1 SSE subscriptions", { timeout: 180_000 }, (
 
   it("initiateSessionStream runs a new session and streams V1 events to its complete", async () => {
     const client = hostedClient(stack, token);
-    const events = await collect((h) => client.initiateSessionStream.subscribe(prepareInput(), h));
+    const events = await collect((h) => client.initiateSessionStream.subscribe(prepareInput(), h as never));
     expectV1Run(events);
   });
 
@@ -85,13 +86,13 @@ describe("tRPC facade: deprecated V1 SSE subscriptions", { timeout: 180_000 }, (
     const client = hostedClient(stack, token);
     const { cloudAgentSessionId } = await client.prepareSession.mutate(prepareInput());
     expectV1Run(
-      await collect((h) => client.initiateFromKilocodeSession.subscribe({ cloudAgentSessionId }, h)),
+      await collect((h) => client.initiateFromKilocodeSession.subscribe({ cloudAgentSessionId }, h as never)),
       cloudAgentSessionId,
     );
     const followUp = await collect((h) =>
       client.sendMessageStream.subscribe(
         { sessionId: cloudAgentSessionId, prompt: "again", mode: "code", model: "mock-model" },
-        h,
+        h as never,
       ),
     );
     expectV1Run(followUp, cloudAgentSessionId);
@@ -103,7 +104,7 @@ describe("tRPC facade: deprecated V1 SSE subscriptions", { timeout: 180_000 }, (
       collect((h) =>
         client.initiateSessionAsync.subscribe(
           { ...prepareInput(), callbackUrl: "https://127.0.0.1:9/cb" },
-          h,
+          h as never,
         ),
       ),
     ).rejects.toMatchObject({
@@ -114,7 +115,7 @@ describe("tRPC facade: deprecated V1 SSE subscriptions", { timeout: 180_000 }, (
       collect((h) =>
         client.sendMessageStream.subscribe(
           { sessionId: "agent_00000000-0000-4000-8000-000000000000", prompt: "x", mode: "code", model: "m" },
-          h,
+          h as never,
         ),
       ),
     ).rejects.toMatchObject({ data: { code: "NOT_FOUND" } });
