@@ -142,6 +142,7 @@ describe("tRPC facade: procedures", { timeout: 180_000 }, () => {
       () => asBob.initiateFromKilocodeSessionV2.mutate({ cloudAgentSessionId }),
       () => asBob.updateSession.mutate({ cloudAgentSessionId, model: "x" }),
       () => asBob.getSessionLogs.query({ sessionId: cloudAgentSessionId }),
+      () => asBob.interruptSession.mutate({ sessionId: cloudAgentSessionId }),
       () => asBob.deleteSession.mutate({ sessionId: cloudAgentSessionId }),
     ]) {
       const err = await call().then(
