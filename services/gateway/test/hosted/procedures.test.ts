@@ -1,8 +1,9 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { TRPCClientError } from "@trpc/client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type FullStack, startFullStack } from "../support/full-stack.js";
+import { type FullStack, GIT_TOKEN, startFullStack } from "../support/full-stack.js";
 import { hostedClient, prepareInput, rawTrpc } from "./clients.js";
+import { openSocket, streamUrl, terminalsOf, ticketFor, waitFrames } from "./ws-client.js";
 
 /**
  * The hosted product's tRPC API on the gateway, driven by the real @trpc/client v11
@@ -156,6 +157,34 @@ describe("tRPC facade: procedures", { timeout: 180_000 }, () => {
     expect((await hostedClient(stack, alice).getSession.query({ cloudAgentSessionId })).sessionId).toBe(
       cloudAgentSessionId,
     );
+  });
+
+  it("secrets (the git token) are masked in /stream frames and in the logs procedures", async () => {
+    const client = hostedClient(stack, alice);
+    // The session's git token (a secret; env vars are plain configuration) echoed by a setup
+    // command that fails: it would be in the status event (the command) and the error's output tail.
+    const canary = GIT_TOKEN;
+    const { cloudAgentSessionId } = await client.prepareSession.mutate(
+      prepareInput({ setupCommands: [`echo ${canary}; exit 3`] }),
+    );
+    const ack = await client.initiateFromKilocodeSessionV2.mutate({ cloudAgentSessionId });
+    const s = await openSocket(
+      streamUrl(stack, { cloudAgentSessionId, ticket: await ticketFor(stack, alice, cloudAgentSessionId) }),
+    );
+    const frames = await waitFrames(s, (f) => terminalsOf(f).length >= 1);
+    s.ws.close();
+    const failed = terminalsOf(frames)[0];
+    expect(failed).toMatchObject({
+      streamEventType: "error",
+      executionId: ack.executionId,
+      data: { fatal: true },
+    });
+    const text = JSON.stringify(frames);
+    expect(text).toContain("***");
+    expect(text).not.toContain(canary);
+    const logs = await client.getSessionLogs.query({ sessionId: cloudAgentSessionId });
+    expect(logs.content).toContain("***");
+    expect(logs.content).not.toContain(canary);
   });
 
   describe("error envelopes and HTTP statuses", () => {
