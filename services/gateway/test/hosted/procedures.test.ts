@@ -271,6 +271,29 @@ describe("tRPC facade: procedures", { timeout: 180_000 }, () => {
       expect(head.status).toBe(204);
     });
 
+    it("an id already taken is CONFLICT (409); an oversized body is PAYLOAD_TOO_LARGE (413)", async () => {
+      const client = hostedClient(stack, alice);
+      const legacy = {
+        ...prepareInput(),
+        cloudAgentSessionId: `agent_${crypto.randomUUID()}`,
+        kiloSessionId: crypto.randomUUID(),
+      };
+      expect(await client.prepareLegacySession.mutate(legacy)).toEqual({
+        cloudAgentSessionId: legacy.cloudAgentSessionId,
+        kiloSessionId: legacy.kiloSessionId,
+      });
+      await expect(client.prepareLegacySession.mutate(legacy)).rejects.toMatchObject({
+        data: { code: "CONFLICT", httpStatus: 409 },
+      });
+      const big = await rawTrpc(stack, "prepareSession", {
+        method: "POST",
+        headers: { authorization: `Bearer ${alice}` },
+        body: prepareInput({ prompt: "x".repeat(3 * 1024 * 1024) }),
+      });
+      expect(big.status).toBe(413);
+      expect(big.json).toMatchObject({ error: { code: -32013, data: { code: "PAYLOAD_TOO_LARGE" } } });
+    });
+
     it("state errors are BAD_REQUEST and a full queue is TOO_MANY_REQUESTS (429)", async () => {
       const client = hostedClient(stack, alice);
       const { cloudAgentSessionId } = await client.prepareSession.mutate(prepareInput());
