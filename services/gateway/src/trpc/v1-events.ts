@@ -7,7 +7,13 @@ import { sourceName } from "../stream-ws/frames.js";
  * The deprecated SSE procedures' flat V1 events (no envelope, no event id), made from the
  * same events the V2 stream carries. Heartbeats have no V1 form and are skipped.
  */
-export function v1Event(event: Event): Record<string, unknown> | undefined {
+export interface V1Event {
+  streamEventType: "status" | "output" | "kilocode" | "error" | "interrupted" | "complete";
+  sessionId: string;
+  [field: string]: unknown;
+}
+
+export function v1Event(event: Event): V1Event | undefined {
   const sessionId = event.cloudAgentSessionId;
   const timestamp = (event.timestamp ? timestampDate(event.timestamp) : new Date()).toISOString();
   const p = event.payload;

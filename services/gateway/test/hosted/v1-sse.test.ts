@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { V1Event } from "../../src/trpc/v1-events.js";
 import { type FullStack, startFullStack } from "../support/full-stack.js";
 import { hostedClient, prepareInput } from "./clients.js";
 
@@ -8,9 +9,8 @@ import { hostedClient, prepareInput } from "./clients.js";
  * `complete`; the Connect API's rules (SSRF policy of callbacks) apply through them too.
  */
 
-type V1 = Record<string, unknown> & { streamEventType: string };
+type V1 = V1Event;
 
-/** Handlers typed loosely: the client types a generator procedure's data as the iterable itself. */
 function collect(
   subscribe: (handlers: {
     onData: (e: V1) => void;
@@ -78,7 +78,7 @@ describe("tRPC facade: deprecated V1 SSE subscriptions", { timeout: 180_000 }, (
 
   it("initiateSessionStream runs a new session and streams V1 events to its complete", async () => {
     const client = hostedClient(stack, token);
-    const events = await collect((h) => client.initiateSessionStream.subscribe(prepareInput(), h as never));
+    const events = await collect((h) => client.initiateSessionStream.subscribe(prepareInput(), h));
     expectV1Run(events);
   });
 
@@ -86,13 +86,13 @@ describe("tRPC facade: deprecated V1 SSE subscriptions", { timeout: 180_000 }, (
     const client = hostedClient(stack, token);
     const { cloudAgentSessionId } = await client.prepareSession.mutate(prepareInput());
     expectV1Run(
-      await collect((h) => client.initiateFromKilocodeSession.subscribe({ cloudAgentSessionId }, h as never)),
+      await collect((h) => client.initiateFromKilocodeSession.subscribe({ cloudAgentSessionId }, h)),
       cloudAgentSessionId,
     );
     const followUp = await collect((h) =>
       client.sendMessageStream.subscribe(
         { sessionId: cloudAgentSessionId, prompt: "again", mode: "code", model: "mock-model" },
-        h as never,
+        h,
       ),
     );
     expectV1Run(followUp, cloudAgentSessionId);
@@ -104,7 +104,7 @@ describe("tRPC facade: deprecated V1 SSE subscriptions", { timeout: 180_000 }, (
       collect((h) =>
         client.initiateSessionAsync.subscribe(
           { ...prepareInput(), callbackUrl: "https://127.0.0.1:9/cb" },
-          h as never,
+          h,
         ),
       ),
     ).rejects.toMatchObject({
@@ -115,7 +115,7 @@ describe("tRPC facade: deprecated V1 SSE subscriptions", { timeout: 180_000 }, (
       collect((h) =>
         client.sendMessageStream.subscribe(
           { sessionId: "agent_00000000-0000-4000-8000-000000000000", prompt: "x", mode: "code", model: "m" },
-          h as never,
+          h,
         ),
       ),
     ).rejects.toMatchObject({ data: { code: "NOT_FOUND" } });
