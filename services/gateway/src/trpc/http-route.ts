@@ -18,7 +18,8 @@ export function trpcRoute(deps: FacadeDeps): HttpRoute {
       router,
       req: req as IncomingMessage,
       res: res as ServerResponse,
-      path: decodeURIComponent(path.slice(TRPC_PREFIX.length + 1)),
+      // Still percent-encoded: tRPC decodes it itself.
+      path: path.slice(TRPC_PREFIX.length + 1),
       maxBodySize: MAX_BODY_BYTES,
       createContext: () => requestContext(req.headers),
       onError({ error, path: procedure }) {
