@@ -6,6 +6,7 @@ import {
   type Http2Session,
 } from "node:http2";
 import { createServer as createNetServer, type Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import type { ConnectRouter, ContextValues, Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Registry } from "prom-client";
@@ -15,6 +16,14 @@ export type NodeRequest = IncomingMessage | Http2ServerRequest;
 export type NodeResponse = ServerResponse | Http2ServerResponse;
 
 /** A plain HTTP route beside the RPCs; returns false when it does not handle the request. */
+export type UpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+
+/**
+ * A request handler; one that carries `upgrade` also takes HTTP/1.1 upgrade requests
+ * (WebSocket), which `listen` hands to it (others are refused by closing the socket).
+ */
+export type NodeHandler = ((req: NodeRequest, res: NodeResponse) => void) & { upgrade?: UpgradeHandler };
+
 export type HttpRoute = (req: NodeRequest, res: NodeResponse) => boolean | Promise<boolean>;
 
 export interface ServiceHandlerOptions {
@@ -94,13 +103,14 @@ const H2_PREFACE = Buffer.from("PRI * HTTP/2.0");
  * is what gRPC and Connect clients use): the first bytes of a connection tell which.
  */
 export async function listen(
-  handler: (req: NodeRequest, res: NodeResponse) => void,
+  handler: NodeHandler,
   opts: { port: number; host?: string },
 ): Promise<RunningServer> {
   const h1 = createHttp1Server(
     { keepAliveTimeout: 65_000 },
     handler as (req: IncomingMessage, res: ServerResponse) => void,
   );
+  if (handler.upgrade) h1.on("upgrade", handler.upgrade);
   const h2 = createHttp2Server({}, handler as (req: Http2ServerRequest, res: Http2ServerResponse) => void);
   const sockets = new Set<Socket>();
   const sessions = new Set<Http2Session>();

@@ -1,6 +1,7 @@
 import { type ConnectedEventLog, connectEventLog, type EventLog, type Logger } from "@kilo-cloud/common";
 import type { GatewayConfig } from "./config.js";
 import { createGateway, type GatewayApp } from "./server.js";
+import type { PumpSettings } from "./stream-ws/pump.js";
 
 /** What the gateway runs on, connected: main.ts makes it from the config, tests may share theirs. */
 export interface GatewayInfra {
@@ -9,6 +10,8 @@ export interface GatewayInfra {
   eventsReady?: () => Promise<void>;
   /** Keepalive of Subscribe streams (default 15 s). */
   keepaliveMs?: number;
+  /** `/stream` knobs with no variable (tests: a small high-water mark, a short patience). */
+  streamSocket?: Partial<PumpSettings>;
 }
 
 /** The gateway's one composition root: main.ts, the one-process mode and the test stacks call it. */
@@ -24,6 +27,10 @@ export function buildGateway(config: GatewayConfig, infra: GatewayInfra): Promis
     events: infra.events,
     ...(infra.eventsReady ? { eventsReady: infra.eventsReady } : {}),
     ...(infra.keepaliveMs !== undefined ? { keepaliveMs: infra.keepaliveMs } : {}),
+    ...(config.hostedAuthSecret !== undefined ? { hostedAuthSecret: config.hostedAuthSecret } : {}),
+    streamPingMs: config.streamPingMs,
+    streamAllowedOrigins: config.streamAllowedOrigins,
+    ...(infra.streamSocket ? { streamSocket: infra.streamSocket } : {}),
   });
 }
 

@@ -23,6 +23,12 @@ export interface GatewayConfig {
   /** The event log Subscribe reads (bound to, never provisioned: sandbox-manager owns it). */
   events: EventLogConfig;
   logLevel: string;
+  /** The hosted backend's NEXTAUTH_SECRET: its API tokens and stream tickets are accepted too. */
+  hostedAuthSecret?: string;
+  /** `/stream` WebSocket ping interval. */
+  streamPingMs: number;
+  /** Browser origins allowed on `/stream` (empty: any). */
+  streamAllowedOrigins: string[];
 }
 
 export function loadGatewayConfig(env: Env): Readonly<GatewayConfig> {
@@ -41,6 +47,10 @@ export function loadGatewayConfig(env: Env): Readonly<GatewayConfig> {
   const streamTicketSecret = r.string("STREAM_TICKET_SECRET");
   if (streamTicketSecret && Buffer.byteLength(streamTicketSecret) < 32) {
     r.problem("STREAM_TICKET_SECRET must be at least 32 bytes");
+  }
+  const hostedAuthSecret = r.optional("HOSTED_AUTH_SECRET");
+  if (hostedAuthSecret !== undefined && Buffer.byteLength(hostedAuthSecret) < 32) {
+    r.problem("HOSTED_AUTH_SECRET must be at least 32 bytes");
   }
   const issuer = r.optional("AUTH_ISSUER");
   const audience = r.optional("AUTH_AUDIENCE");
@@ -61,6 +71,12 @@ export function loadGatewayConfig(env: Env): Readonly<GatewayConfig> {
     upstreamTimeoutMs: r.int("UPSTREAM_TIMEOUT_MS", 15_000, { min: 100 }),
     events: readEventLogConfig(r, { owner: false }),
     logLevel: r.string("LOG_LEVEL", "info"),
+    ...(hostedAuthSecret !== undefined ? { hostedAuthSecret } : {}),
+    streamPingMs: r.int("STREAM_PING_MS", 30_000, { min: 1_000 }),
+    streamAllowedOrigins: (r.optional("STREAM_ALLOWED_ORIGINS") ?? "")
+      .split(",")
+      .map((o) => o.trim())
+      .filter((o) => o !== ""),
   };
   r.done();
   return Object.freeze(config);

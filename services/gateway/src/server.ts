@@ -14,8 +14,7 @@ import {
   type EventLog,
   type Identity,
   type Logger,
-  type NodeRequest,
-  type NodeResponse,
+  type NodeHandler,
   type UserTokenConfig,
 } from "@kilo-cloud/common";
 import { CreateStreamTicketResponseSchema, SessionService, StreamService } from "@kilo-cloud/proto";
@@ -29,6 +28,10 @@ import {
 import { createStreamTickets } from "./handlers/stream-tickets.js";
 import { subscribeHandler } from "./handlers/subscribe.js";
 import { streamTicketRoute } from "./handlers/ticket-route.js";
+import { withHostedApiTokens, withHostedTickets } from "./hosted/hosted-auth.js";
+import type { PumpSettings } from "./stream-ws/pump.js";
+import { createStreamSocket } from "./stream-ws/stream-socket.js";
+import { trpcRoute } from "./trpc/http-route.js";
 
 /** Must match the session service's audience. */
 const SESSION_AUDIENCE = "kilo-cloud-session";
@@ -58,17 +61,24 @@ export interface GatewayDeps {
   /** Readiness of the event log (e.g. the NATS connection and the stream). */
   eventsReady?: () => Promise<void>;
   keepaliveMs?: number;
+  /** The hosted backend's NEXTAUTH_SECRET: accept its API tokens and stream tickets too. */
+  hostedAuthSecret?: string | undefined;
+  /** `/stream` WebSocket: ping interval, allowed browser origins, backpressure. */
+  streamPingMs?: number;
+  streamAllowedOrigins?: readonly string[];
+  streamSocket?: Partial<PumpSettings>;
 }
 
 export interface GatewayApp {
-  handler: (req: NodeRequest, res: NodeResponse) => void;
+  /** Requests, and WebSocket upgrades (`/stream`) when an event log is configured. */
+  handler: NodeHandler;
   /** Ends streams and upstream connections. */
   close(): void;
 }
 
 export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
   const metrics = createMetricsRegistry("gateway");
-  const verifyUser = createUserTokenVerifier(deps.userTokens);
+  const verifyUser = withHostedApiTokens(createUserTokenVerifier(deps.userTokens), deps.hostedAuthSecret);
   const upstream: UpstreamOptions = {
     sign: await createServiceTokenSigner(deps.serviceTokenPrivateKey),
     audience: SESSION_AUDIENCE,
@@ -78,7 +88,22 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
     SessionService,
     createConnectTransport({ baseUrl: deps.sessionServiceUrl, httpVersion: "2", useBinaryFormat: true }),
   );
-  const tickets = createStreamTickets(deps.streamTicketSecret);
+  /** NOT_FOUND unless the user owns the session (asked of the session service, as the user). */
+  const checkOwner = async (userId: string, cloudAgentSessionId: string, signal: AbortSignal) => {
+    try {
+      await sessions.getSession(
+        { cloudAgentSessionId },
+        await upstreamCallOptions({ identity: { userId, internal: false }, signal }, upstream),
+      );
+    } catch (err) {
+      throw upstreamError(err, "session service");
+    }
+  };
+  const tickets = withHostedTickets(
+    createStreamTickets(deps.streamTicketSecret),
+    deps.hostedAuthSecret,
+    checkOwner,
+  );
   const shutdown = new AbortController();
   // Every open stream listens on the shutdown signal; thousands of them are expected.
   setMaxListeners(0, shutdown.signal);
@@ -121,16 +146,7 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
             tickets,
             verifyUser,
             keepaliveMs: deps.keepaliveMs ?? 15_000,
-            async checkOwner(userId, cloudAgentSessionId, signal) {
-              try {
-                await sessions.getSession(
-                  { cloudAgentSessionId },
-                  await upstreamCallOptions({ identity: { userId, internal: false }, signal }, upstream),
-                );
-              } catch (err) {
-                throw upstreamError(err, "session service");
-              }
-            },
+            checkOwner,
           })
         : // biome-ignore lint/correctness/useYield: no event log configured
           async function* () {
@@ -138,6 +154,18 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
           },
     });
   };
+
+  // The hosted product's clients: /stream (WebSocket) and /trpc, on this same port.
+  const streamSocket = deps.events
+    ? createStreamSocket({
+        events: deps.events,
+        verifyTicket: tickets.verify,
+        logger: deps.logger,
+        shutdown: shutdown.signal,
+        settings: { ...(deps.streamPingMs ? { pingMs: deps.streamPingMs } : {}), ...deps.streamSocket },
+        allowedOrigins: deps.streamAllowedOrigins ?? [],
+      })
+    : undefined;
 
   const handler = createServiceHandler({
     routes,
@@ -159,6 +187,15 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
         const { userId } = await verifyUser(bearer);
         return issueTicket({ userId, internal: false }, id, signal);
       }),
+      ...(streamSocket ? [streamSocket.route] : []),
+      trpcRoute({
+        sessions,
+        upstream,
+        verifyUser,
+        internalApiKey: deps.internalApiKey,
+        events: deps.events,
+        logger: deps.logger,
+      }),
     ],
     // Ready when what the gateway itself serves works: Subscribe needs the event log. Not
     // chained to the session service's readiness: a database blip behind it makes its RPCs
@@ -170,7 +207,7 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
   });
 
   return {
-    handler,
+    handler: Object.assign(handler, streamSocket ? { upgrade: streamSocket.upgrade } : {}),
     close: () => shutdown.abort(),
   };
 }

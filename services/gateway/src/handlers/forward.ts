@@ -40,6 +40,11 @@ const KEEPS_USER_TOKEN = new Set([
   "SendMessage",
 ]);
 
+/** Whether the session service's `method` keeps the caller's own token (so it is forwarded). */
+export function keepsUserToken(method: string): boolean {
+  return KEEPS_USER_TOKEN.has(method);
+}
+
 export interface UpstreamOptions {
   sign: ServiceTokenSigner;
   audience: string;

@@ -37,7 +37,11 @@ export function createStreamTickets(secret: string, now: () => number = Date.now
     },
 
     /** Checks a ticket for a session; UNAUTHENTICATED when it is not valid for it. */
-    async verify(ticket: string, cloudAgentSessionId: string): Promise<StreamTicketClaims> {
+    async verify(
+      ticket: string,
+      cloudAgentSessionId: string,
+      _signal?: AbortSignal,
+    ): Promise<StreamTicketClaims> {
       let payload: Record<string, unknown>;
       try {
         ({ payload } = await jwtVerify(ticket, key, {

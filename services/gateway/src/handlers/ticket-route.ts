@@ -35,8 +35,11 @@ async function readBody(req: NodeRequest): Promise<string> {
   return Buffer.concat(chunks).toString("utf8");
 }
 
+/** The hosted backend's path (what its README example calls); it answers `expiresAt` in unix seconds. */
+const HOSTED_PATH = "/api/cloud-agent/sessions/stream-ticket";
+
 /**
- * `POST /stream-ticket` with `{"cloudAgentSessionId": "agent_…"}` and a bearer token, for
+ * `POST /stream-ticket` (and the hosted backend's `POST /api/cloud-agent/sessions/stream-ticket`) with `{"cloudAgentSessionId": "agent_…"}` and a bearer token, for
  * browser backends that speak plain JSON: `{"ticket", "expiresAt"}`.
  */
 export function streamTicketRoute(
@@ -48,7 +51,7 @@ export function streamTicketRoute(
 ): HttpRoute {
   return async (req, res) => {
     const path = (req.url ?? "").split("?")[0];
-    if (path !== "/stream-ticket") return false;
+    if (path !== "/stream-ticket" && path !== HOSTED_PATH) return false;
     if (req.method !== "POST") {
       sendJson(res, 405, { code: "method_not_allowed", message: "use POST" });
       return true;
@@ -74,7 +77,8 @@ export function streamTicketRoute(
         );
       }
       const { ticket, expiresAt } = await issue(token, id, abort.signal);
-      sendJson(res, 200, { ticket, expiresAt: expiresAt.toISOString() });
+      const expires = path === HOSTED_PATH ? Math.floor(expiresAt.getTime() / 1000) : expiresAt.toISOString();
+      sendJson(res, 200, { ticket, expiresAt: expires });
     } catch (err) {
       const ce = ConnectError.from(err);
       sendJson(res, HTTP_STATUS[ce.code] ?? 500, {

@@ -45,6 +45,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { SignJWT } from "jose";
 import { CallbackSender } from "../../../session/src/callbacks/callbacks.js";
 import { buildGateway, loadGatewayConfig } from "../../src/index.js";
+import type { PumpSettings } from "../../src/stream-ws/pump.js";
 
 export const GIT_TOKEN = `ghs_${randomBytes(18).toString("hex")}`;
 export const INTERNAL_KEY = `internal-${randomBytes(12).toString("hex")}`;
@@ -65,6 +66,8 @@ export interface FullStackOptions {
    */
   callbackSender?: { secret: string; timeoutMs?: number; retryScheduleMs?: number[] };
   keepaliveMs?: number;
+  /** Extra gateway settings (the hosted backend's secret and the /stream ping as variables; pump knobs). */
+  gateway?: { hostedAuthSecret?: string; streamPingMs?: number; streamSocket?: Partial<PumpSettings> };
 }
 
 /**
@@ -221,12 +224,15 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
       SERVICE_TOKEN_PRIVATE_KEY: gatewayKeys.privateKeyPem,
       STREAM_TICKET_SECRET: randomBytes(32).toString("hex"),
       SESSION_SERVICE_URL: sessionServer.url,
+      ...(opts.gateway?.hostedAuthSecret ? { HOSTED_AUTH_SECRET: opts.gateway.hostedAuthSecret } : {}),
+      ...(opts.gateway?.streamPingMs ? { STREAM_PING_MS: String(opts.gateway.streamPingMs) } : {}),
     });
     const gatewayEvents = await connectEvents(gatewayConfig.events, "gateway");
     const gateway = await buildGateway(gatewayConfig, {
       ...gatewayEvents,
       logger: logger("gateway"),
       keepaliveMs: opts.keepaliveMs ?? 5_000,
+      ...(opts.gateway?.streamSocket ? { streamSocket: opts.gateway.streamSocket } : {}),
     });
     cleanup.push(async () => gateway.close());
     const gatewayServer = await listen(gateway.handler, { port: 0, host: "127.0.0.1" });
