@@ -1,4 +1,4 @@
-import { defineConfig } from "vitest/config";
+import { configDefaults, defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
@@ -11,6 +11,8 @@ export default defineConfig({
       "services/*/test/**/*.test.ts",
       "deploy/test/**/*.test.ts",
     ],
+    // The cluster tier needs a running cluster: `npm run test:cluster` (vitest.cluster.config.ts).
+    exclude: [...configDefaults.exclude, "**/*.cluster.test.ts"],
     testTimeout: 30_000,
     hookTimeout: 60_000,
     // Integration tests start real servers; two cores do not gain from many workers.

@@ -17,6 +17,7 @@ import { SessionService, StreamService } from "@kilo-cloud/proto";
 import {
   createSandboxManager,
   DEFAULT_RUNNER_SETTINGS,
+  type Driver,
   LocalDriver,
   packagedKiloBinary,
   type RunnerSettings,
@@ -57,6 +58,13 @@ export interface FullStackOptions {
    */
   callbackSender?: { secret: string; baseDelayMs?: number; maxAttempts?: number; timeoutMs?: number };
   keepaliveMs?: number;
+  /**
+   * The sandboxes' driver instead of bwrap sandboxes on this machine (the cluster tier passes
+   * a KubernetesDriver); it is closed with the stack.
+   */
+  driver?: () => Promise<Driver>;
+  /** Where the model and git servers listen (default 127.0.0.1), e.g. a cluster's bridge address. */
+  serversHost?: string;
 }
 
 /**
@@ -115,9 +123,13 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
       return log;
     };
 
-    const model = await startModelServer({ apiKey: "sk-stack" });
+    const serversHost = opts.serversHost ? { host: opts.serversHost } : {};
+    const model = await startModelServer({ apiKey: "sk-stack", ...serversHost });
     cleanup.push(() => model.close());
-    const git = await startGitServer({ auth: { username: "x-access-token", password: GIT_TOKEN } });
+    const git = await startGitServer({
+      auth: { username: "x-access-token", password: GIT_TOKEN },
+      ...serversHost,
+    });
     cleanup.push(() => git.close());
     await git.createBareRepo(REPO, { files: { "README.md": "# widgets\n" } });
 
@@ -135,11 +147,9 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
     const sessionKeys = await generateServiceKeyPair();
 
     // sandbox-manager
-    const driver = await LocalDriver.create({
-      rootDir: join(root, "sandboxes"),
-      isolation: "bwrap",
-      kiloBinary,
-    });
+    const driver = opts.driver
+      ? await opts.driver()
+      : await LocalDriver.create({ rootDir: join(root, "sandboxes"), isolation: "bwrap", kiloBinary });
     cleanup.push(() => driver.close());
     const sandbox = await createSandboxManager({
       driver,
