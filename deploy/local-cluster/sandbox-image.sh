@@ -46,18 +46,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
+go_build() { # module version package output: built from the module's own go.mod
+  # (not `go install m@v`: that asks the proxy for the module's version list, which it may refuse)
+  local dir src=$work/src-${1##*/}
+  dir=$(GOFLAGS=-mod=mod go mod download -json "$1@$2" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -n "$dir" ] || { log "cannot download $1@$2 from the Go module proxy"; return 1; }
+  cp -r "$dir" "$src"; chmod -R u+w "$src"
+  (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags="-s -w $5" -o "$4" "./$3")
+}
+
 tools() { # gh and glab, built once per version from the Go module proxy
   local dir=$CACHE/bin/sandbox-tools
   mkdir -p "$dir"
   [ -x "$dir/gh-$GH" ] || {
-    log "go install gh@$GH (once)"
-    GOBIN=$work/gobin CGO_ENABLED=0 go install -trimpath -ldflags="-s -w" "github.com/cli/cli/v2/cmd/gh@$GH"
-    mv "$work/gobin/gh" "$dir/gh-$GH"
+    log "go build gh $GH (once)"
+    go_build github.com/cli/cli/v2 "$GH" cmd/gh "$dir/gh-$GH.tmp" \
+      "-X github.com/cli/cli/v2/internal/build.Version=${GH#v}"
+    mv "$dir/gh-$GH.tmp" "$dir/gh-$GH"
   }
   [ -x "$dir/glab-$GLAB" ] || {
-    log "go install glab@$GLAB (once)"
-    GOBIN=$work/gobin CGO_ENABLED=0 go install -trimpath -ldflags="-s -w" "gitlab.com/gitlab-org/cli/cmd/glab@$GLAB"
-    mv "$work/gobin/glab" "$dir/glab-$GLAB"
+    log "go build glab $GLAB (once)"
+    go_build gitlab.com/gitlab-org/cli "$GLAB" cmd/glab "$dir/glab-$GLAB.tmp" "-X main.version=${GLAB#v}"
+    mv "$dir/glab-$GLAB.tmp" "$dir/glab-$GLAB"
   }
   install -m 0755 "$dir/gh-$GH" "$rootfs/usr/local/bin/gh"
   install -m 0755 "$dir/glab-$GLAB" "$rootfs/usr/local/bin/glab"
