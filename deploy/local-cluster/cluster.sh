@@ -280,8 +280,27 @@ down() {
   ip link del "$BRIDGE" 2>/dev/null || true
   [ -f "$R/sysctl.before" ] && while IFS== read -r k v; do sysctl -qw "$k=$v" || true; done < "$R/sysctl.before"
   [ -f "$R/created-paths" ] && while read -r p; do rm -rf "$p"; done < "$R/created-paths"
+  local before; before=$(cat "$R/sysctl.before" 2>/dev/null || true)
   rm -rf "$ROOT"
-  log "down done"
+  verify_clean "$before"
+}
+
+verify_clean() { # sysctl-before-lines: fails, naming them, when host changes are left behind
+  local left=() s pid
+  ip link show "$BRIDGE" >/dev/null 2>&1 && left+=("bridge $BRIDGE")
+  [ -e "$ROOT" ] && left+=("$ROOT")
+  grep -q " $ROOT/" /proc/mounts && left+=("mounts under $ROOT")
+  for s in /sys/fs/cgroup/*/kubepods; do [ -d "$s" ] && left+=("cgroup $s"); done
+  for pid in $(pgrep -f "$ROOT/|containerd-shim-runc-v2 .*-address $SOCK|$B/kube" || true); do
+    [ "$pid" != $$ ] && left+=("process $pid: $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | cut -c1-80)")
+  done
+  while IFS== read -r k v; do
+    [ -n "$k" ] && [ "$(sysctl -n "$k")" != "$v" ] && left+=("sysctl $k=$(sysctl -n "$k") (was $v)")
+  done <<< "$1"
+  if [ ${#left[@]} -gt 0 ]; then
+    log "down: left behind:"; printf '  %s\n' "${left[@]}" >&2; return 1
+  fi
+  log "down done: no process, mount, cgroup, bridge or sysctl of the cluster left"
 }
 
 status() {
