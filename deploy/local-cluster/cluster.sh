@@ -50,6 +50,8 @@ DEB=$CACHE/k8s/debian-$(echo "$DEBS_LIST" | sha256sum | cut -c1-12)  # debs/ and
 U=$DEB/root
 E=$ROOT/etc P=$ROOT/pki R=$ROOT/run L=$ROOT/logs D=$ROOT/data
 SOCK=$R/containerd/containerd.sock
+# containerd finds its shim (containerd-shim-runc-v2) on PATH
+export PATH=$B:$U/usr/bin:$U/usr/sbin:$PATH
 BRIDGE=kck8s0 BRIDGE_IP=10.88.0.1 POD_CIDR=10.88.0.0/16
 API=https://127.0.0.1:16443
 KUBECTL="$B/kubectl --kubeconfig=$E/admin.kubeconfig"
