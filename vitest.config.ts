@@ -1,4 +1,4 @@
-import { defineConfig } from "vitest/config";
+import { configDefaults, defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
@@ -13,6 +13,8 @@ export default defineConfig({
       // As deployed: the chart rendered, each service a process from its main.ts.
       "test/deployed/**/*.test.ts",
     ],
+    // The cluster tier needs a running cluster: `npm run test:cluster` (vitest.cluster.config.ts).
+    exclude: [...configDefaults.exclude, "**/*.cluster.test.ts"],
     testTimeout: 30_000,
     hookTimeout: 60_000,
     // Integration tests start real servers; two cores do not gain from many workers.

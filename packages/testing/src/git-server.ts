@@ -31,6 +31,8 @@ export interface GitServerOptions {
   /** Omit to serve anonymously (a public repository). */
   auth?: GitAuth;
   realm?: string;
+  /** The address to listen on (default 127.0.0.1), e.g. a test cluster's bridge address for pods. */
+  host?: string;
 }
 
 export interface AuthAttempt {
@@ -60,7 +62,7 @@ export interface GitCommit {
 }
 
 export interface GitServer extends AsyncDisposable {
-  /** `http://127.0.0.1:<port>` */
+  /** `http://<host>:<port>` (host 127.0.0.1 unless given) */
   readonly url: string;
   /** Directory holding the bare repositories. */
   readonly root: string;
@@ -247,13 +249,13 @@ export async function startGitServer(opts: GitServerOptions = {}): Promise<GitSe
   });
   await new Promise<void>((done, fail) => {
     server.once("error", fail);
-    server.listen(0, "127.0.0.1", () => {
+    server.listen(0, opts.host ?? "127.0.0.1", () => {
       server.off("error", fail);
       done();
     });
   });
   const { port } = server.address() as AddressInfo;
-  const url = `http://127.0.0.1:${port}`;
+  const url = `http://${opts.host ?? "127.0.0.1"}:${port}`;
 
   let closing: Promise<void> | undefined;
   const close = () => {

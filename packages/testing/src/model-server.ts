@@ -101,6 +101,8 @@ export interface ModelServerOptions {
   apiKey?: string;
   /** Usage reported when a reply does not give its own. Kilo shows these in step_finish.tokens. */
   usage?: ModelUsage;
+  /** The address to listen on (default 127.0.0.1), e.g. a test cluster's bridge address for pods. */
+  host?: string;
 }
 
 export interface ModelServer extends AsyncDisposable {
@@ -308,7 +310,7 @@ export async function startModelServer(opts: ModelServerOptions = {}): Promise<M
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
+    server.listen(0, opts.host ?? "127.0.0.1", () => {
       server.off("error", reject);
       resolve();
     });
@@ -326,7 +328,7 @@ export async function startModelServer(opts: ModelServerOptions = {}): Promise<M
   };
 
   return {
-    url: `http://127.0.0.1:${port}/v1`,
+    url: `http://${opts.host ?? "127.0.0.1"}:${port}/v1`,
     requests,
     setScript(s) {
       script = s;

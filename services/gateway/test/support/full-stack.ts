@@ -19,6 +19,7 @@ import { SessionService, StreamService } from "@kilo-cloud/proto";
 import {
   buildSandboxManager,
   createDriver,
+  type Driver,
   loadSandboxManagerConfig,
   packagedKiloBinary,
   type RunnerSettings,
@@ -68,6 +69,13 @@ export interface FullStackOptions {
   keepaliveMs?: number;
   /** Extra gateway settings (the hosted backend's secret and the /stream ping as variables; pump knobs). */
   gateway?: { hostedAuthSecret?: string; streamPingMs?: number; streamSocket?: Partial<PumpSettings> };
+  /**
+   * The sandboxes' driver instead of bwrap sandboxes on this machine (the cluster tier passes
+   * a KubernetesDriver); it is closed with the stack.
+   */
+  driver?: () => Promise<Driver>;
+  /** Where the model and git servers listen (default 127.0.0.1), e.g. a cluster's bridge address. */
+  serversHost?: string;
 }
 
 /**
@@ -128,9 +136,13 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
       return { events: log.events, eventsReady: log.ready };
     };
 
-    const model = await startModelServer({ apiKey: "sk-stack" });
+    const serversHost = opts.serversHost ? { host: opts.serversHost } : {};
+    const model = await startModelServer({ apiKey: "sk-stack", ...serversHost });
     cleanup.push(() => model.close());
-    const git = await startGitServer({ auth: { username: "x-access-token", password: GIT_TOKEN } });
+    const git = await startGitServer({
+      auth: { username: "x-access-token", password: GIT_TOKEN },
+      ...serversHost,
+    });
     cleanup.push(() => git.close());
     await git.createBareRepo(REPO, { files: { "README.md": "# widgets\n" } });
 
@@ -163,7 +175,9 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
       HEARTBEAT_INTERVAL_MS: "1000",
       SERVICE_TOKEN_PUBLIC_KEY: sessionKeys.publicKeyPem,
     });
-    const driver = await createDriver(sandboxConfig, logger("sandbox-manager"));
+    const driver = opts.driver
+      ? await opts.driver()
+      : await createDriver(sandboxConfig, logger("sandbox-manager"));
     cleanup.push(() => driver.close());
     const sandbox = await buildSandboxManager(sandboxConfig, {
       ...(await connectEvents(sandboxConfig.events, "sandbox-manager")),
