@@ -15,7 +15,7 @@ import type { Logger } from "./logger.js";
 export type NodeRequest = IncomingMessage | Http2ServerRequest;
 export type NodeResponse = ServerResponse | Http2ServerResponse;
 
-/** A plain HTTP route beside the RPCs; returns false when it does not handle the request. */
+/** Takes an HTTP/1.1 upgrade request (e.g. a WebSocket) and its socket. */
 export type UpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
 
 /**
@@ -24,6 +24,7 @@ export type UpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer
  */
 export type NodeHandler = ((req: NodeRequest, res: NodeResponse) => void) & { upgrade?: UpgradeHandler };
 
+/** A plain HTTP route beside the RPCs; returns false when it does not handle the request. */
 export type HttpRoute = (req: NodeRequest, res: NodeResponse) => boolean | Promise<boolean>;
 
 export interface ServiceHandlerOptions {

@@ -29,9 +29,8 @@ import { createStreamTickets } from "./handlers/stream-tickets.js";
 import { subscribeHandler } from "./handlers/subscribe.js";
 import { streamTicketRoute } from "./handlers/ticket-route.js";
 import { withHostedApiTokens, withHostedTickets } from "./hosted/hosted-auth.js";
+import { hostedApi } from "./hosted/mount.js";
 import type { PumpSettings } from "./stream-ws/pump.js";
-import { createStreamSocket } from "./stream-ws/stream-socket.js";
-import { trpcRoute } from "./trpc/http-route.js";
 
 /** Must match the session service's audience. */
 const SESSION_AUDIENCE = "kilo-cloud-session";
@@ -155,17 +154,18 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
     });
   };
 
-  // The hosted product's clients: /stream (WebSocket) and /trpc, on this same port.
-  const streamSocket = deps.events
-    ? createStreamSocket({
-        events: deps.events,
-        verifyTicket: tickets.verify,
-        logger: deps.logger,
-        shutdown: shutdown.signal,
-        settings: { ...(deps.streamPingMs ? { pingMs: deps.streamPingMs } : {}), ...deps.streamSocket },
-        allowedOrigins: deps.streamAllowedOrigins ?? [],
-      })
-    : undefined;
+  // The hosted product's clients: /trpc and the /stream WebSocket, on this same port.
+  const hosted = hostedApi({
+    sessions,
+    upstream,
+    verifyUser,
+    internalApiKey: deps.internalApiKey,
+    events: deps.events,
+    logger: deps.logger,
+    tickets,
+    shutdown: shutdown.signal,
+    stream: { pingMs: deps.streamPingMs, allowedOrigins: deps.streamAllowedOrigins, ...deps.streamSocket },
+  });
 
   const handler = createServiceHandler({
     routes,
@@ -187,15 +187,7 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
         const { userId } = await verifyUser(bearer);
         return issueTicket({ userId, internal: false }, id, signal);
       }),
-      ...(streamSocket ? [streamSocket.route] : []),
-      trpcRoute({
-        sessions,
-        upstream,
-        verifyUser,
-        internalApiKey: deps.internalApiKey,
-        events: deps.events,
-        logger: deps.logger,
-      }),
+      ...hosted.routes,
     ],
     // Ready when what the gateway itself serves works: Subscribe needs the event log. Not
     // chained to the session service's readiness: a database blip behind it makes its RPCs
@@ -207,7 +199,7 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
   });
 
   return {
-    handler: Object.assign(handler, streamSocket ? { upgrade: streamSocket.upgrade } : {}),
+    handler: Object.assign(handler, hosted.upgrade ? { upgrade: hosted.upgrade } : {}),
     close: () => shutdown.abort(),
   };
 }

@@ -39,8 +39,9 @@ async function readBody(req: NodeRequest): Promise<string> {
 const HOSTED_PATH = "/api/cloud-agent/sessions/stream-ticket";
 
 /**
- * `POST /stream-ticket` (and the hosted backend's `POST /api/cloud-agent/sessions/stream-ticket`) with `{"cloudAgentSessionId": "agent_…"}` and a bearer token, for
- * browser backends that speak plain JSON: `{"ticket", "expiresAt"}`.
+ * `POST /stream-ticket` (and the hosted backend's path) with `{"cloudAgentSessionId":
+ * "agent_…"}` and a bearer token, for browser backends that speak plain JSON:
+ * `{"ticket", "expiresAt"}`.
  */
 export function streamTicketRoute(
   issue: (
