@@ -20,9 +20,12 @@ import {
 import { createGateway } from "@kilo-cloud/gateway";
 import {
   createSandboxManager,
+  DEFAULT_LOCAL_SANDBOX,
   DEFAULT_RUNNER_SETTINGS,
   type KiloProvider,
   LocalDriver,
+  type LocalSandboxSettings,
+  localDriverConfinement,
   packagedKiloBinary,
   type RepositoryTokens,
 } from "@kilo-cloud/sandbox-manager";
@@ -47,6 +50,8 @@ export interface LocalSystemOptions {
   provider: KiloProvider;
   kiloBinary?: string | undefined;
   isolation: "bwrap" | "none";
+  /** Network fence, egress allowlist and limits of the sandboxes (default: fenced, public only). */
+  localSandbox?: LocalSandboxSettings | undefined;
   /** Allow http:// and loopback git remotes (the offline demo's local repository). */
   allowInsecureGit: boolean;
   /** Where completion callbacks may go. */
@@ -163,6 +168,7 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
       isolation: opts.isolation,
       kiloBinary,
       logger,
+      ...localDriverConfinement(opts.localSandbox ?? DEFAULT_LOCAL_SANDBOX, opts.provider),
     });
     cleanup.push(() => driver.close());
     const sandbox = await createSandboxManager({

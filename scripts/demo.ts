@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createLogger } from "@kilo-cloud/common";
+import { DEFAULT_LOCAL_SANDBOX } from "@kilo-cloud/sandbox-manager";
 import { defaultScript, startGitServer, startModelServer } from "@kilo-cloud/testing";
 import { startLocalSystem } from "../app/local-system.js";
 
@@ -36,6 +37,8 @@ const system = await startLocalSystem({
   provider: { kind: "openai-compatible", baseUrl: model.url, apiKey: "sk-demo", id: "demo" },
   isolation: process.env.SANDBOX_ISOLATION === "none" ? "none" : "bwrap",
   allowInsecureGit: true,
+  // The demo's git server is on this host's loopback: the sandboxes may reach that one port.
+  localSandbox: { ...DEFAULT_LOCAL_SANDBOX, egressAllow: new URL(git.url).host },
   callbackPolicy: { allowHttp: false, allowLoopback: false },
   devUser: "demo-user",
   logger,

@@ -10,7 +10,7 @@
 import { spawnSync } from "node:child_process";
 import { resolve } from "node:path";
 import { createLogger, EnvReader } from "@kilo-cloud/common";
-import type { KiloProvider } from "@kilo-cloud/sandbox-manager";
+import { type KiloProvider, readLocalSandboxSettings } from "@kilo-cloud/sandbox-manager";
 import { startLocalSystem } from "../app/local-system.js";
 import { ensureBubblewrap } from "./ensure-services.js";
 
@@ -36,6 +36,7 @@ const options = {
   provider,
   kiloBinary: env.optional("KILO_BIN"),
   isolation,
+  localSandbox: readLocalSandboxSettings(env),
   allowInsecureGit: env.bool("GIT_ALLOW_INSECURE", false),
   callbackPolicy: {
     allowHttp: env.bool("CALLBACK_ALLOW_HTTP", false),
@@ -54,12 +55,15 @@ const options = {
 const logger = createLogger({ service: "kilo-cloud", level: env.string("LOG_LEVEL", "info") });
 try {
   env.done();
-  if (isolation === "bwrap" && spawnSync("bwrap", ["--version"], { stdio: "ignore" }).status !== 0) {
+  const missing = (cmd: string, arg: string) => spawnSync(cmd, [arg], { stdio: "ignore" }).status !== 0;
+  if (isolation === "bwrap" && (missing("bwrap", "--version") || missing("socat", "-V"))) {
     ensureBubblewrap();
   }
 } catch (err) {
   process.stderr.write(`kilo-cloud: ${(err as Error).message}\n`);
-  process.stderr.write("(install bubblewrap, or set SANDBOX_ISOLATION=none to run without isolation)\n");
+  process.stderr.write(
+    "(sandboxes need bubblewrap and socat: apt-get install bubblewrap socat; or set SANDBOX_ISOLATION=none to run without isolation)\n",
+  );
   process.exit(1);
 }
 

@@ -5,6 +5,7 @@ import type { Driver } from "./drivers/driver.js";
 import { kubernetesDriverOptions, loadKubernetesDriverConfig } from "./drivers/kubernetes/config.js";
 import { KubernetesDriver } from "./drivers/kubernetes/kubernetes-driver.js";
 import { LocalDriver } from "./drivers/local/local-driver.js";
+import { localDriverConfinement } from "./drivers/local/settings.js";
 import { DEFAULT_RUNNER_SETTINGS } from "./execution/runner.js";
 import { packagedKiloBinary } from "./kilo/command.js";
 import { createSandboxManager } from "./server.js";
@@ -22,7 +23,13 @@ async function createDriver(): Promise<Driver> {
     logger.fatal("no kilo binary: install @kilocode/cli-linux-x64 or set KILO_BIN");
     process.exit(1);
   }
-  return LocalDriver.create({ rootDir: config.sandboxRoot, isolation: config.isolation, kiloBinary, logger });
+  return LocalDriver.create({
+    rootDir: config.sandboxRoot,
+    isolation: config.isolation,
+    kiloBinary,
+    logger,
+    ...localDriverConfinement(config.localSandbox, config.provider),
+  });
 }
 const driver = await createDriver();
 const events = await JetStreamEventLog.connect({
@@ -58,6 +65,7 @@ const app = await createSandboxManager({
     setupTimeoutMs: config.setupTimeoutMs,
     cloneTimeoutMs: config.cloneTimeoutMs,
     heartbeatIntervalMs: config.heartbeatIntervalMs,
+    maxRunningExecutions: config.maxRunningExecutions,
   },
   eventsReady: async () => {
     if (events.nc.isClosed()) throw new Error("NATS connection closed");

@@ -7,10 +7,12 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import {
   createLogger,
   createPool,
+  egressPolicy,
   generateServiceKeyPair,
   JetStreamEventLog,
   listen,
   type Pool,
+  parseEndpoints,
   type RunningServer,
 } from "@kilo-cloud/common";
 import { SessionService, StreamService } from "@kilo-cloud/proto";
@@ -18,6 +20,7 @@ import {
   createSandboxManager,
   DEFAULT_RUNNER_SETTINGS,
   LocalDriver,
+  type LocalDriverOptions,
   packagedKiloBinary,
   type RunnerSettings,
 } from "@kilo-cloud/sandbox-manager";
@@ -47,6 +50,8 @@ export interface FullStackOptions {
   /** The real kilo binary, or a replayer of captured real output (volume tests). */
   kilo: "real" | { replay: string; lineDelayMs?: number };
   runner?: Partial<RunnerSettings>;
+  /** Overrides of the local driver's confinement (limits, egress policy). */
+  driver?: Partial<Pick<LocalDriverOptions, "limits" | "egressPolicy">>;
   queue?: { maxWaiting?: number; heartbeatStaleMs?: number };
   dispatcher?: { queueExpiryMs?: number; staleAfterMs?: number; sweepIntervalMs?: number };
   callbacks?: CallbackSenderLike;
@@ -139,6 +144,11 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
       rootDir: join(root, "sandboxes"),
       isolation: "bwrap",
       kiloBinary,
+      // The fixtures listen on loopback: the git server is reached through the fence by an
+      // explicit allow entry (as an operator would configure it), the model by the relay.
+      egressPolicy: egressPolicy({ allow: parseEndpoints(new URL(git.url).host) }),
+      providerRelay: { baseUrl: model.url, apiKey: "sk-stack" },
+      ...opts.driver,
     });
     cleanup.push(() => driver.close());
     const sandbox = await createSandboxManager({

@@ -8,9 +8,11 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import {
   createLogger,
   createServiceTokenSigner,
+  egressPolicy,
   generateServiceKeyPair,
   JetStreamEventLog,
   listen,
+  parseEndpoints,
   type RunningServer,
   TERMINAL_EVENT_TYPES,
 } from "@kilo-cloud/common";
@@ -99,7 +101,16 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     level: "debug",
     destination: { write: (l: string) => void logs.push(l) },
   });
-  const driver = await LocalDriver.create({ rootDir, isolation: "bwrap", kiloBinary: kilo, logger });
+  const driver = await LocalDriver.create({
+    rootDir,
+    isolation: "bwrap",
+    kiloBinary: kilo,
+    logger,
+    // The git fixture listens on loopback: reached through the fence by an explicit allow
+    // entry, as an operator would configure it. The model server is reached by the relay.
+    egressPolicy: egressPolicy({ allow: parseEndpoints(new URL(git.url).host) }),
+    providerRelay: { baseUrl: model.url, apiKey: MODEL_KEY },
+  });
   const keys = await generateServiceKeyPair();
   const secretKeys = generateSecretKeyPair();
   const app = await createSandboxManager({
