@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   createLogger,
@@ -113,6 +113,9 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
   };
   try {
     mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
+    // As root, sandboxes run as host users of their own that must get through to their
+    // directories below it: others may enter (x) but not list it; its files stay 0600.
+    if (process.getuid?.() === 0) chmodSync(opts.dataDir, 0o711);
     const secrets = await localSecrets(opts.dataDir);
 
     // PostgreSQL: the given one, or PGlite in the data directory.

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
+import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
@@ -128,6 +128,8 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
 
     const root = await mkdtemp(join(tmpdir(), "kc-stack-"));
     cleanup.push(() => rm(root, { recursive: true, force: true }));
+    // The sandboxes' own host users (the manager runs as root) must get through to theirs.
+    await chmod(root, 0o711);
     const kiloBinary =
       opts.kilo === "real"
         ? packagedKiloBinary()

@@ -1,7 +1,7 @@
 import { type ChildProcessByStdio, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmod, chown, lstat, mkdir, realpath, rename, stat, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { type EgressPolicy, egressPolicy, type Logger } from "@kilo-cloud/common";
 import {
@@ -484,6 +484,7 @@ async function confinement(opts: LocalDriverOptions, root: string): Promise<Conf
   const users = isRoot ? new SandboxUsers(root, opts.uidRange ?? DEFAULT_UID_RANGE) : undefined;
   if (users) {
     // The sandboxes' users must reach their own directory (and nothing else) below the root.
+    await requireSearchableAncestors(root);
     await chmod(root, 0o711);
     await chmod(join(root, "sandboxes"), 0o711);
     await chmod(join(root, "etc"), 0o755);
@@ -499,6 +500,20 @@ async function confinement(opts: LocalDriverOptions, root: string): Promise<Conf
       : undefined;
   if (!proxy) opts.logger?.warn('local driver network is "host": sandboxes reach every port of this host');
   return { limits, users, cgroups, proxy };
+}
+
+/** Every directory above the root must let other users through (x), or no sandbox user reaches its files. */
+async function requireSearchableAncestors(root: string): Promise<void> {
+  for (let dir = dirname(root); ; dir = dirname(dir)) {
+    const st = await stat(dir);
+    if ((st.mode & 0o001) === 0) {
+      throw new Error(
+        `the sandbox root ${root} is below ${dir}, which other users cannot enter: sandboxes run as ` +
+          `their own unprivileged users and must reach their directories (chmod o+x ${dir}, or choose another root)`,
+      );
+    }
+    if (dir === "/") return;
+  }
 }
 
 async function chownAll(paths: string[], user: HostUser): Promise<void> {
