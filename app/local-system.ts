@@ -50,6 +50,8 @@ export interface LocalSystemOptions {
   provider: KiloProvider;
   kiloBinary?: string | undefined;
   isolation: "bwrap" | "none";
+  /** Executions run at once (default 8); more are refused and wait in their queue. */
+  maxRunningExecutions?: number | undefined;
   /** Network fence, egress allowlist and limits of the sandboxes (default: fenced, public only). */
   localSandbox?: LocalSandboxSettings | undefined;
   /** Allow http:// and loopback git remotes (the offline demo's local repository). */
@@ -184,6 +186,7 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
         ...DEFAULT_RUNNER_SETTINGS,
         provider: opts.provider,
         allowInsecureGit: opts.allowInsecureGit,
+        maxRunningExecutions: opts.maxRunningExecutions ?? 8,
       },
     });
     cleanup.push(() => sandbox.close());
@@ -242,7 +245,7 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
     const mode = [
       embedded ? "embedded PostgreSQL (PGlite)" : "PostgreSQL",
       opts.natsUrl ? "NATS JetStream events" : "events on PostgreSQL",
-      `local sandboxes (${opts.isolation === "bwrap" ? "bubblewrap" : "NO isolation"})`,
+      `local sandboxes (${sandboxMode(opts.isolation, opts.localSandbox ?? DEFAULT_LOCAL_SANDBOX, driver)})`,
       opts.github ? "GitHub App tokens" : "no GitHub App",
     ].join(", ");
     return { url, mode, token, internalKey: secrets.internalApiKey, cliConfigPath, close };
@@ -250,4 +253,11 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
     await close();
     throw err;
   }
+}
+
+/** How the sandboxes are confined, for the start-up line. */
+function sandboxMode(isolation: "bwrap" | "none", s: LocalSandboxSettings, driver: LocalDriver): string {
+  if (isolation === "none") return "NO isolation";
+  const network = s.network === "fenced" ? "network fenced" : "HOST network";
+  return `bubblewrap, ${network}, limits: ${driver.limitsMechanism}`;
 }

@@ -37,6 +37,7 @@ const options = {
   kiloBinary: env.optional("KILO_BIN"),
   isolation,
   localSandbox: readLocalSandboxSettings(env),
+  maxRunningExecutions: env.int("MAX_RUNNING_EXECUTIONS", 8, { min: 1 }),
   allowInsecureGit: env.bool("GIT_ALLOW_INSECURE", false),
   callbackPolicy: {
     allowHttp: env.bool("CALLBACK_ALLOW_HTTP", false),
