@@ -83,8 +83,7 @@ describe("LocalDriver with bubblewrap", () => {
     for (const s of [a, b, weird]) {
       const dir = driver.sandboxDir(s);
       expect(basename(dir)).toMatch(/^[0-9a-f]{32}$/);
-      // run/ holds the egress proxy's socket (shown read-only at /run/kilo-cloud).
-      expect((await readdir(dir)).sort()).toEqual(["home", "run", "sandbox.json", "workspace"]);
+      expect((await readdir(dir)).sort()).toEqual(["home", "sandbox.json", "workspace"]);
       expect(JSON.parse(await readFile(join(dir, "sandbox.json"), "utf8")).id).toBe(s.id);
     }
     expect(driver.sandboxDir(a)).not.toBe(driver.sandboxDir(b));

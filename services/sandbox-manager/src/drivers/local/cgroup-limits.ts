@@ -1,4 +1,4 @@
-import { access, mkdir, writeFile } from "node:fs/promises";
+import { access, mkdir, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 
 /**
@@ -62,6 +62,13 @@ export class CgroupLimits {
       ready.catch(() => this.#ready.delete(sandboxDirName));
     }
     for (const dir of await ready) await writeFile(join(dir, "cgroup.procs"), String(pid));
+  }
+
+  /** Removes the groups this manager made that are empty now (busy ones stay). */
+  async close(): Promise<void> {
+    const all = await Promise.all([...this.#ready.values()].map((p) => p.catch(() => [] as string[])));
+    this.#ready.clear();
+    for (const dir of all.flat()) await rmdir(dir).catch(() => {});
   }
 
   async #create(name: string): Promise<string[]> {

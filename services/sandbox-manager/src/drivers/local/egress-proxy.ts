@@ -33,6 +33,8 @@ export interface EgressProxyOptions {
   logger?: Logger | undefined;
 }
 
+const MAX_CONNECTIONS_PER_SANDBOX = 256;
+
 /** Headers that belong to one hop and are never forwarded. */
 const HOP_HEADERS = new Set([
   "connection",
@@ -60,6 +62,8 @@ export class EgressProxy {
     const server = http.createServer((req, res) => void this.#forward(sandboxId, req, res));
     server.on("connect", (req, socket, head) => void this.#tunnel(sandboxId, req, socket, head));
     server.on("clientError", (_err, socket) => socket.destroy());
+    // A sandbox holds at most this many connections to the proxy (tunnels included).
+    server.maxConnections = MAX_CONNECTIONS_PER_SANDBOX;
     this.#servers.set(socketPath, server);
     await unlink(socketPath).catch(() => {});
     await new Promise<void>((resolve, reject) => {

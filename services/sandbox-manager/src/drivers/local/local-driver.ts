@@ -1,6 +1,7 @@
 import { type ChildProcessByStdio, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmod, chown, lstat, mkdir, realpath, rename, stat, writeFile } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, mkdtemp, realpath, rename, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { type EgressPolicy, egressPolicy, type Logger } from "@kilo-cloud/common";
@@ -189,7 +190,7 @@ export class LocalDriver implements Driver {
     const probeDir = join(this.#root, "probe");
     await mkdir(join(probeDir, "workspace"), { recursive: true, mode: 0o700 });
     await mkdir(join(probeDir, "home"), { recursive: true, mode: 0o700 });
-    await mkdir(join(probeDir, "run"), { recursive: true, mode: 0o755 });
+    if (this.#confine?.proxy) await mkdir(this.#egressDir("probe"), { recursive: true, mode: 0o755 });
     const user = this.#confine?.users?.probeUser;
     if (user) await chownAll([probeDir, join(probeDir, "workspace"), join(probeDir, "home")], user);
     const argv = this.#confine?.proxy ? ["socat", "-V"] : ["true"];
@@ -224,7 +225,7 @@ export class LocalDriver implements Driver {
     user: HostUser | undefined,
     req: Pick<ExecRequest, "argv" | "cwd" | "env">,
   ): Promise<BwrapChild> {
-    const egressDir = this.#confine?.proxy ? join(dir, "run") : undefined;
+    const egressDir = this.#confine?.proxy ? this.#egressDir(cgroupName) : undefined;
     const options = encodeArgs(
       bwrapOptions(this.#layout!, { sandboxDir: dir, cwd: req.cwd, argv: req.argv, env: req.env, egressDir }),
     );
@@ -275,8 +276,9 @@ export class LocalDriver implements Driver {
     const user = await this.#userOf({ id });
     if (user) await adoptSandboxDir(dir, user);
     if (this.#confine?.proxy) {
-      await mkdir(join(dir, "run"), { recursive: true, mode: 0o755 });
-      await this.#confine.proxy.listen(id, join(dir, "run", "proxy.sock"), user);
+      const egressDir = this.#egressDir(sandboxDirName(id));
+      await mkdir(egressDir, { recursive: true, mode: 0o755 });
+      await this.#confine.proxy.listen(id, join(egressDir, "proxy.sock"), user);
     }
     // Which sandbox a hashed directory belongs to, for whoever looks at the host.
     await writeFile(join(dir, "sandbox.json"), `${JSON.stringify({ id, key })}\n`, {
@@ -339,6 +341,11 @@ export class LocalDriver implements Driver {
     return handle;
   }
 
+  /** The host directory of a sandbox's proxy socket (shown read-only at /run/kilo-cloud). */
+  #egressDir(dirName: string): string {
+    return join(this.#confine!.socketRoot, dirName);
+  }
+
   /** The sandbox's host user when the manager is root; undefined otherwise. */
   async #userOf(sandbox: Pick<Sandbox, "id">): Promise<HostUser | undefined> {
     return this.#confine?.users?.userOf(sandboxDirName(sandbox.id));
@@ -360,6 +367,7 @@ export class LocalDriver implements Driver {
     this.#closed = true;
     await Promise.all([...this.#running].map((h) => h.kill()));
     await this.#confine?.proxy?.close();
+    await this.#confine?.cgroups?.close();
   }
 }
 
@@ -476,6 +484,8 @@ interface Confinement {
   cgroups?: CgroupLimits | undefined;
   /** The egress proxy (network fenced). */
   proxy?: EgressProxy | undefined;
+  /** Where the proxy's sockets are: `<dir>/<sandbox dir name>/proxy.sock`. */
+  socketRoot: string;
 }
 
 async function confinement(opts: LocalDriverOptions, root: string): Promise<Confinement> {
@@ -490,6 +500,7 @@ async function confinement(opts: LocalDriverOptions, root: string): Promise<Conf
     await chmod(join(root, "etc"), 0o755);
   }
   const cgroups = await CgroupLimits.detect(limits);
+  const socketRoot = await egressSocketRoot(root);
   const proxy =
     (opts.network ?? "fenced") === "fenced"
       ? new EgressProxy({
@@ -499,7 +510,19 @@ async function confinement(opts: LocalDriverOptions, root: string): Promise<Conf
         })
       : undefined;
   if (!proxy) opts.logger?.warn('local driver network is "host": sandboxes reach every port of this host');
-  return { limits, users, cgroups, proxy };
+  return { limits, users, cgroups, proxy, socketRoot };
+}
+
+/**
+ * `<root>/egress`, or a fresh directory in the system's temporary directory when the root's
+ * path is too long for `<dir>/<32 hex>/proxy.sock` to fit a Unix socket address (107 bytes).
+ */
+async function egressSocketRoot(root: string): Promise<string> {
+  const inRoot = join(root, "egress");
+  const dir = inRoot.length + 44 <= 107 ? inRoot : await mkdtemp(join(tmpdir(), "kc-egress-"));
+  await mkdir(dir, { recursive: true, mode: 0o711 });
+  await chmod(dir, 0o711);
+  return dir;
 }
 
 /** Every directory above the root must let other users through (x), or no sandbox user reaches its files. */
