@@ -1,4 +1,4 @@
-import { spawnSync } from "node:child_process";
+import { execFile, spawnSync } from "node:child_process";
 import { chmod, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import { createServer as createTcpServer, type Server as TcpServer } from "node:net";
@@ -219,4 +219,40 @@ describe("a fenced local sandbox", { timeout: 120_000 }, () => {
     );
     expect(Number(failcnt)).toBeGreaterThan(0);
   });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    "works when the manager itself is not root (unprivileged user namespaces): fenced, allowlist honoured",
+    async () => {
+      const root = await tempDir("unprivileged-");
+      await chmod(root, 0o777);
+      const fixture = join(import.meta.dirname, "fixtures", "unprivileged-manager.ts");
+      // Not spawnSync: the allowed server lives in this process and must answer meanwhile.
+      const r = await new Promise<{ stdout: string; stderr: string }>((resolve) => {
+        execFile(
+          "setpriv",
+          [
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            process.execPath,
+            "--import",
+            "tsx",
+            fixture,
+            join(root, "r"),
+            String(allowedPort),
+          ],
+          // Run from the package so its modules resolve; `nobody` has no HOME of its own.
+          {
+            cwd: join(import.meta.dirname, "..", ".."),
+            env: { PATH: "/usr/bin:/bin", HOME: root },
+            timeout: 60_000,
+          },
+          (_err, stdout, stderr) => resolve({ stdout, stderr }),
+        );
+      });
+      const line = JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "{}");
+      expect(line.uid, r.stderr).toBe(65534);
+      expect(line.r.stdout).toBe("1000\nallowed\n403\n");
+    },
+  );
 });
