@@ -10,7 +10,6 @@ import type { Sandbox } from "../../src/drivers/driver.js";
 import { execCollect } from "../../src/drivers/exec-utils.js";
 import { RELAY_HOST } from "../../src/drivers/local/egress-proxy.js";
 import { LocalDriver } from "../../src/drivers/local/local-driver.js";
-import { sandboxDirName } from "../../src/drivers/local/sandbox-paths.js";
 
 /**
  * Attacks on a local sandbox from inside it, at the driver (what every exec of a session
@@ -213,10 +212,7 @@ describe("a fenced local sandbox", { timeout: 120_000 }, () => {
     }
     const r = await inA("head -c 400000000 /dev/zero | tail -c 400000000 > /dev/null; echo survived=$?");
     expect(r.stdout).not.toContain("survived=0");
-    const failcnt = await readFile(
-      `/sys/fs/cgroup/memory/kilo-cloud/${sandboxDirName(a.id)}/memory.failcnt`,
-      "utf8",
-    );
+    const failcnt = await readFile(join(driver.memoryCgroupOf(a)!, "memory.failcnt"), "utf8");
     expect(Number(failcnt)).toBeGreaterThan(0);
   });
 

@@ -3,7 +3,7 @@ import { join } from "node:path";
 
 /**
  * Per-sandbox resource limits. Where the host's cgroup v1 controllers (memory, pids, cpu)
- * are writable by the manager, each sandbox gets `kilo-cloud/<sandbox dir>` in each and
+ * are writable by the manager, each sandbox gets `kilo-cloud/<scope>/<sandbox dir>` in each and
  * every exec's bwrap joins them before it does anything (it waits on its options pipe, which
  * is written only after the join), so everything in the sandbox is counted: memory (the
  * kernel's OOM killer acts inside the group), processes and threads, CPU time. Otherwise
@@ -33,28 +33,49 @@ const CFS_PERIOD_US = 100_000;
 
 export class CgroupLimits {
   readonly #limits: SandboxLimits;
+  readonly #scope: string;
   readonly #ready = new Map<string, Promise<string[]>>();
 
-  private constructor(limits: SandboxLimits) {
+  private constructor(limits: SandboxLimits, scope: string) {
     this.#limits = limits;
+    this.#scope = scope;
   }
 
-  /** The v1 cgroup limiter when memory, pids and cpu are all writable here; undefined otherwise. */
-  static async detect(limits: SandboxLimits): Promise<CgroupLimits | undefined> {
+  /**
+   * The v1 cgroup limiter when memory, pids and cpu are all writable here; undefined
+   * otherwise. `scope` (e.g. a hash of the sandbox root) keeps managers on one host apart:
+   * groups are `kilo-cloud/<scope>/<sandbox dir>`.
+   */
+  static async detect(limits: SandboxLimits, scope: string): Promise<CgroupLimits | undefined> {
     try {
       for (const c of CONTROLLERS) {
-        const dir = join(CGROUP_ROOT, c, PARENT);
+        const dir = join(CGROUP_ROOT, c, PARENT, scope);
         await mkdir(dir, { recursive: true });
         await access(join(dir, "cgroup.procs"), 2);
       }
-      return new CgroupLimits(limits);
+      return new CgroupLimits(limits, scope);
     } catch {
       return undefined;
     }
   }
 
-  /** Moves `pid` into the sandbox's groups (created with the limits on first use). */
+  /** The group of a sandbox in one controller (for operators and tests). */
+  groupDir(controller: (typeof CONTROLLERS)[number], sandboxDirName: string): string {
+    return join(CGROUP_ROOT, controller, PARENT, this.#scope, sandboxDirName);
+  }
+
+  /** Moves `pid` into the sandbox's groups (created with the limits on first use, or again if removed). */
   async join(sandboxDirName: string, pid: number): Promise<void> {
+    try {
+      await this.#join(sandboxDirName, pid);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      this.#ready.delete(sandboxDirName);
+      await this.#join(sandboxDirName, pid);
+    }
+  }
+
+  async #join(sandboxDirName: string, pid: number): Promise<void> {
     let ready = this.#ready.get(sandboxDirName);
     if (!ready) {
       ready = this.#create(sandboxDirName);
@@ -64,15 +85,16 @@ export class CgroupLimits {
     for (const dir of await ready) await writeFile(join(dir, "cgroup.procs"), String(pid));
   }
 
-  /** Removes the groups this manager made that are empty now (busy ones stay). */
+  /** Removes this manager's groups that are empty now (busy ones stay). */
   async close(): Promise<void> {
     const all = await Promise.all([...this.#ready.values()].map((p) => p.catch(() => [] as string[])));
     this.#ready.clear();
     for (const dir of all.flat()) await rmdir(dir).catch(() => {});
+    for (const c of CONTROLLERS) await rmdir(join(CGROUP_ROOT, c, PARENT, this.#scope)).catch(() => {});
   }
 
   async #create(name: string): Promise<string[]> {
-    const dirs = CONTROLLERS.map((c) => join(CGROUP_ROOT, c, PARENT, name));
+    const dirs = CONTROLLERS.map((c) => this.groupDir(c, name));
     for (const d of dirs) await mkdir(d, { recursive: true });
     const [memory, pids, cpu] = dirs as [string, string, string];
     await writeFile(join(memory, "memory.limit_in_bytes"), String(this.#limits.memoryBytes));

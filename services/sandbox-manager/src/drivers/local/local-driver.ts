@@ -114,6 +114,11 @@ export class LocalDriver implements Driver {
     return this.#confine?.proxy && this.#opts.providerRelay ? `http://${RELAY_HOST}` : undefined;
   }
 
+  /** The sandbox's memory cgroup directory (cgroup v1), when limits are held by cgroups. */
+  memoryCgroupOf(sandbox: Pick<Sandbox, "id">): string | undefined {
+    return this.#confine?.cgroups?.groupDir("memory", sandboxDirName(sandbox.id));
+  }
+
   /** What holds the sandboxes' resources: `cgroup` (v1) or `rlimit` (processes only). */
   get limitsMechanism(): "cgroup" | "rlimit" | "none" {
     if (!this.#confine) return "none";
@@ -499,7 +504,7 @@ async function confinement(opts: LocalDriverOptions, root: string): Promise<Conf
     await chmod(join(root, "sandboxes"), 0o711);
     await chmod(join(root, "etc"), 0o755);
   }
-  const cgroups = await CgroupLimits.detect(limits);
+  const cgroups = await CgroupLimits.detect(limits, sandboxDirName(root).slice(0, 12));
   const socketRoot = await egressSocketRoot(root);
   const proxy =
     (opts.network ?? "fenced") === "fenced"
