@@ -82,7 +82,8 @@ export class CgroupLimits {
       this.#ready.set(sandboxDirName, ready);
       ready.catch(() => this.#ready.delete(sandboxDirName));
     }
-    for (const dir of await ready) await writeFile(join(dir, "cgroup.procs"), String(pid));
+    // In parallel: each move waits for an RCU grace period (10-60 ms on a loaded host).
+    await Promise.all((await ready).map((dir) => writeFile(join(dir, "cgroup.procs"), String(pid))));
   }
 
   /** Removes this manager's groups that are empty now (busy ones stay). */
