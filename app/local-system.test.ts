@@ -114,6 +114,8 @@ describe("npm start (embedded) with the CLI", { timeout: 420_000 }, () => {
       KILO_PROVIDER_BASE_URL: model.url,
       KILO_PROVIDER_API_KEY: "sk-local",
       GIT_ALLOW_INSECURE: "true",
+      // The git fixture is on loopback: sandboxes reach it through the fence by this entry.
+      SANDBOX_EGRESS_ALLOW: new URL(git.url).host,
       LOG_LEVEL: "warn",
     });
   });

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   connectEventLog,
@@ -19,7 +19,10 @@ import { buildGateway, loadGatewayConfig } from "@kilo-cloud/gateway";
 import {
   buildSandboxManager,
   createDriver,
+  type Driver,
   type KiloProvider,
+  LocalDriver,
+  type LocalSandboxSettings,
   loadSandboxManagerConfig,
   packagedKiloBinary,
 } from "@kilo-cloud/sandbox-manager";
@@ -198,6 +201,9 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
   };
   try {
     mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
+    // As root, sandboxes run as host users of their own that must get through to their
+    // directories below it: others may enter (x) but not list it; its files stay 0600.
+    if (process.getuid?.() === 0) chmodSync(opts.dataDir, 0o711);
     const secrets = await localSecrets(opts.dataDir);
 
     // PostgreSQL: the given one, or PGlite in the data directory.
@@ -274,7 +280,7 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
     const mode = [
       embedded ? "embedded PostgreSQL (PGlite)" : "PostgreSQL",
       opts.natsUrl ? "NATS JetStream events" : "events on PostgreSQL",
-      `local sandboxes (${opts.isolation === "bwrap" ? "bubblewrap" : "NO isolation"})`,
+      `local sandboxes (${sandboxMode(sandboxConfig.isolation, sandboxConfig.localSandbox, driver)})`,
       opts.github ? "GitHub App tokens" : "no GitHub App",
     ].join(", ");
     return { url, mode, token, internalKey: secrets.internalApiKey, cliConfigPath, close };
@@ -282,4 +288,12 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
     await close();
     throw err;
   }
+}
+
+/** How the sandboxes are confined, for the start-up line. */
+function sandboxMode(isolation: "bwrap" | "none", s: LocalSandboxSettings, driver: Driver): string {
+  if (isolation === "none") return "NO isolation";
+  const network = s.network === "fenced" ? "network fenced" : "HOST network";
+  const limits = driver instanceof LocalDriver ? `, limits: ${driver.limitsMechanism}` : "";
+  return `bubblewrap, ${network}${limits}`;
 }

@@ -106,9 +106,10 @@ export function ensureNatsServer(): string {
   return bin;
 }
 
+/** bubblewrap, and socat (the bridge to the egress proxy inside each fenced sandbox). */
 export function ensureBubblewrap(): void {
-  if (ok("bwrap", ["--version"])) return;
-  aptInstall("bubblewrap");
+  if (!ok("bwrap", ["--version"])) aptInstall("bubblewrap");
+  if (!ok("socat", ["-V"])) aptInstall("socat");
 }
 
 export const HELM_VERSION = "v3.16.4";

@@ -54,12 +54,15 @@ const options = {
 const logger = createLogger({ service: "kilo-cloud", level: env.string("LOG_LEVEL", "info") });
 try {
   env.done();
-  if (isolation === "bwrap" && spawnSync("bwrap", ["--version"], { stdio: "ignore" }).status !== 0) {
+  const missing = (cmd: string, arg: string) => spawnSync(cmd, [arg], { stdio: "ignore" }).status !== 0;
+  if (isolation === "bwrap" && (missing("bwrap", "--version") || missing("socat", "-V"))) {
     ensureBubblewrap();
   }
 } catch (err) {
   process.stderr.write(`kilo-cloud: ${(err as Error).message}\n`);
-  process.stderr.write("(install bubblewrap, or set SANDBOX_ISOLATION=none to run without isolation)\n");
+  process.stderr.write(
+    "(sandboxes need bubblewrap and socat: apt-get install bubblewrap socat; or set SANDBOX_ISOLATION=none to run without isolation)\n",
+  );
   process.exit(1);
 }
 

@@ -11,6 +11,7 @@ import type { Driver } from "./drivers/driver.js";
 import { kubernetesDriverOptions } from "./drivers/kubernetes/config.js";
 import { KubernetesDriver } from "./drivers/kubernetes/kubernetes-driver.js";
 import { LocalDriver } from "./drivers/local/local-driver.js";
+import { localDriverConfinement } from "./drivers/local/settings.js";
 import { DEFAULT_RUNNER_SETTINGS, type RepositoryTokens, type RunnerSettings } from "./execution/runner.js";
 import { packagedKiloBinary } from "./kilo/command.js";
 import { createSandboxManager, type SandboxManagerApp } from "./server.js";
@@ -41,6 +42,7 @@ export function runnerSettings(config: SandboxManagerConfig): RunnerSettings {
     setupTimeoutMs: config.setupTimeoutMs,
     cloneTimeoutMs: config.cloneTimeoutMs,
     heartbeatIntervalMs: config.heartbeatIntervalMs,
+    maxRunningExecutions: config.maxRunningExecutions,
   };
 }
 
@@ -81,7 +83,13 @@ export async function createDriver(config: SandboxManagerConfig, logger: Logger)
   }
   const kiloBinary = config.kiloBinary ?? packagedKiloBinary();
   if (!kiloBinary) throw new Error("no kilo binary: install @kilocode/cli-linux-x64 or set KILO_BIN");
-  return LocalDriver.create({ rootDir: config.sandboxRoot, isolation: config.isolation, kiloBinary, logger });
+  return LocalDriver.create({
+    rootDir: config.sandboxRoot,
+    isolation: config.isolation,
+    kiloBinary,
+    logger,
+    ...localDriverConfinement(config.localSandbox, config.provider),
+  });
 }
 
 /** Connects what the config names: the driver and the event log (provisioned: this service owns it). */

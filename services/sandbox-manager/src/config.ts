@@ -6,6 +6,7 @@ import {
   readEventLogConfig,
 } from "@kilo-cloud/common";
 import { type KubernetesDriverConfig, loadKubernetesDriverConfig } from "./drivers/kubernetes/config.js";
+import { type LocalSandboxSettings, readLocalSandboxSettings } from "./drivers/local/settings.js";
 import type { KiloProvider } from "./kilo/command.js";
 
 export interface SandboxManagerConfig {
@@ -19,6 +20,10 @@ export interface SandboxManagerConfig {
   /** Where the local driver keeps sandboxes. */
   sandboxRoot: string;
   isolation: "bwrap" | "none";
+  /** Network fence, egress allowlist and resource limits of local sandboxes. */
+  localSandbox: LocalSandboxSettings;
+  /** Executions this sandbox-manager runs at once; more are refused with RESOURCE_EXHAUSTED. */
+  maxRunningExecutions: number;
   /** Host path of the kilo binary (default: the packaged @kilocode/cli-linux-x64). */
   kiloBinary?: string | undefined;
   provider: KiloProvider;
@@ -59,6 +64,8 @@ export function loadSandboxManagerConfig(env: Env): Readonly<SandboxManagerConfi
     kubernetes: driver === "kubernetes" ? kubernetesConfig(env, r) : undefined,
     sandboxRoot: r.string("SANDBOX_ROOT", "/var/lib/kilo-cloud"),
     isolation: r.oneOf("SANDBOX_ISOLATION", ["bwrap", "none"] as const, "bwrap"),
+    localSandbox: readLocalSandboxSettings(r),
+    maxRunningExecutions: r.int("MAX_RUNNING_EXECUTIONS", 8, { min: 1 }),
     kiloBinary: r.optional("KILO_BIN"),
     provider,
     secretsPrivateKey: r.optional("AGENT_ENV_VARS_PRIVATE_KEY")?.replace(/\\n/g, "\n"),

@@ -7,7 +7,14 @@ export {
 } from "./build.js";
 export { loadSandboxManagerConfig, type SandboxManagerConfig } from "./config.js";
 export * from "./drivers/driver.js";
-export { LocalDriver } from "./drivers/local/local-driver.js";
+export { RELAY_HOST } from "./drivers/local/egress-proxy.js";
+export { LocalDriver, type LocalDriverOptions } from "./drivers/local/local-driver.js";
+export {
+  DEFAULT_LOCAL_SANDBOX,
+  type LocalSandboxSettings,
+  localDriverConfinement,
+  readLocalSandboxSettings,
+} from "./drivers/local/settings.js";
 export {
   baseSessionEnvironment,
   DEFAULT_RUNNER_SETTINGS,

@@ -76,6 +76,13 @@ export async function createSandboxManager(deps: SandboxManagerDeps): Promise<Sa
         if (req.sandbox?.userId !== userId) {
           throw new ConnectError("the sandbox does not belong to the caller", Code.PermissionDenied);
         }
+        const cap = deps.settings.maxRunningExecutions;
+        if (cap !== undefined && runner.activeCount >= cap && !runner.isRunning(req.executionId)) {
+          throw new ConnectError(
+            `this sandbox-manager already runs its maximum of ${cap} executions; try again later`,
+            Code.ResourceExhausted,
+          );
+        }
         runner.start(req);
         return { executionId: req.executionId };
       },

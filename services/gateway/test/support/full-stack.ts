@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
+import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
@@ -56,6 +56,8 @@ export interface FullStackOptions {
   /** The real kilo binary, or a replayer of captured real output (volume tests). */
   kilo: "real" | { replay: string; lineDelayMs?: number };
   runner?: Partial<RunnerSettings>;
+  /** More of sandbox-manager's environment, e.g. the local sandboxes' limits (SANDBOX_PIDS, SANDBOX_MEMORY_MB). */
+  sandboxEnv?: Record<string, string>;
   queue?: { maxWaiting?: number; heartbeatStaleMs?: number };
   dispatcher?: { queueExpiryMs?: number; staleAfterMs?: number; sweepIntervalMs?: number };
   callbacks?: CallbackSenderLike;
@@ -148,6 +150,8 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
 
     const root = await mkdtemp(join(tmpdir(), "kc-stack-"));
     cleanup.push(() => rm(root, { recursive: true, force: true }));
+    // The sandboxes' own host users (the manager runs as root) must get through to theirs.
+    await chmod(root, 0o711);
     const kiloBinary =
       opts.kilo === "real"
         ? packagedKiloBinary()
@@ -174,6 +178,10 @@ export async function startFullStack(opts: FullStackOptions): Promise<FullStack>
       GIT_ALLOW_INSECURE: "true",
       HEARTBEAT_INTERVAL_MS: "1000",
       SERVICE_TOKEN_PUBLIC_KEY: sessionKeys.publicKeyPem,
+      // The fixtures listen on loopback: the git server is reached through the fence by an
+      // explicit allow entry (as an operator would configure it), the model by the relay.
+      SANDBOX_EGRESS_ALLOW: new URL(git.url).host,
+      ...opts.sandboxEnv,
     });
     const driver = opts.driver
       ? await opts.driver()

@@ -57,6 +57,11 @@ export interface ExecHandle {
 
 export interface Driver {
   readonly name: string;
+  /**
+   * When set, kilo's model provider base URL inside the sandbox: a relay outside it adds
+   * the operator's key and forwards to the configured provider, so the key never enters.
+   */
+  readonly providerRelayUrl?: string | undefined;
   /** Creates the sandbox on first use, finds it again afterwards. */
   ensureSandbox(key: SandboxKey): Promise<Sandbox>;
   exec(sandbox: Sandbox, req: ExecRequest): Promise<ExecHandle>;

@@ -38,6 +38,8 @@ export interface RunnerSettings {
   /** A run that prints nothing for this long is ended. */
   idleTimeoutMs: number;
   heartbeatIntervalMs: number;
+  /** Executions run at once; StartExecution answers RESOURCE_EXHAUSTED beyond (default: no cap). */
+  maxRunningExecutions?: number | undefined;
 }
 
 export const DEFAULT_RUNNER_SETTINGS = {
@@ -264,7 +266,7 @@ export class ExecutionRunner {
 
       const previous = (await readSandboxFile(driver, sandbox, `${home}/${KILO_SESSION_FILE}`))?.trim();
       const kilo = kiloInvocation({
-        provider: settings.provider,
+        provider: providerInSandbox(settings.provider, driver.providerRelayUrl),
         model: req.model,
         mode: req.mode,
         kiloSessionId: previous || undefined,
@@ -522,6 +524,12 @@ export function baseSessionEnvironment(
     CI: "true",
     KILO_CLOUD_WORKSPACE: workspace,
   };
+}
+
+/** The provider as kilo sees it: the driver's relay (which holds the key) when it has one. */
+function providerInSandbox(provider: KiloProvider, relayUrl: string | undefined): KiloProvider {
+  if (provider.kind !== "openai-compatible" || relayUrl === undefined) return provider;
+  return { ...provider, baseUrl: relayUrl, apiKey: "added-by-the-relay" };
 }
 
 function mcpJson(req: StartExecutionRequest): Record<string, McpServerJson> {

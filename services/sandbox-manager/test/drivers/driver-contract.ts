@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Driver, ExecHandle, Sandbox } from "../../src/drivers/driver.js";
 import { execCollect, readSandboxFile } from "../../src/drivers/exec-utils.js";
+import { proxyEnv } from "../../src/drivers/local/bwrap-args.js";
 import { eventually, findHostProcesses, uniqueSleepSeconds } from "./host-procs.js";
 
 export interface DriverContractOptions {
@@ -144,8 +145,10 @@ export function driverContract(
             .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)] as const),
         );
         for (const [k, v] of Object.entries(env)) expect(seen.get(k)).toBe(v);
-        // bubblewrap sets PWD to the working directory after changing into it; nothing else is added.
-        expect([...seen.keys()].filter((k) => !(k in env) && k !== "PWD")).toEqual([]);
+        // bubblewrap sets PWD to the working directory after changing into it, and a fenced
+        // local sandbox points clients at its egress proxy; nothing else is added.
+        const added = new Set(["PWD", ...Object.keys(proxyEnv())]);
+        expect([...seen.keys()].filter((k) => !(k in env) && !added.has(k))).toEqual([]);
         expect(r.stdout).not.toContain(canaryName);
         expect(r.stdout).not.toContain(`leak-${run}`);
       } finally {

@@ -62,6 +62,8 @@ describe("LocalDriver with bubblewrap", () => {
 
   beforeAll(async () => {
     const bin = await tempRoot();
+    // The sandboxes' host users must be able to read it (as with the packaged binary).
+    await chmod(bin, 0o755);
     fakeKilo = join(bin, "kilo");
     await writeFile(fakeKilo, '#!/bin/sh\necho "fake kilo $*"\n');
     await chmod(fakeKilo, 0o755);
@@ -74,6 +76,7 @@ describe("LocalDriver with bubblewrap", () => {
   });
 
   const inA = (argv: string[], cwd = "/workspace") => execCollect(driver, a, { argv, cwd, env: PATH_ENV });
+  const inB = (argv: string[], cwd = "/workspace") => execCollect(driver, b, { argv, cwd, env: PATH_ENV });
 
   it("keeps each sandbox in a hashed host directory with workspace and home", async () => {
     const weird = await driver.ensureSandbox({ orgId: "../../etc", userId: "x/y\0z:$(id)" });
@@ -117,6 +120,7 @@ describe("LocalDriver with bubblewrap", () => {
       "lib64",
       "libx32",
       "proc",
+      "run",
       "sbin",
       "tmp",
       "usr",
@@ -135,7 +139,7 @@ describe("LocalDriver with bubblewrap", () => {
     expect(passwd.trim().split("\n")).toHaveLength(3);
   });
 
-  it("runs as uid 1000 without capabilities; files it writes belong to the manager's uid on the host", async () => {
+  it("runs as uid 1000 without capabilities; on the host its files belong to the sandbox's own unprivileged user", async () => {
     const r = await inA([
       "sh",
       "-c",
@@ -148,7 +152,19 @@ describe("LocalDriver with bubblewrap", () => {
       "CapEff:\t0000000000000000",
     ]);
     const st = await stat(join(driver.sandboxDir(a), "workspace/owned"));
-    expect(st.uid).toBe(process.getuid?.());
+    if (process.getuid?.() === 0) {
+      // A root manager gives each sandbox a host uid of its own, never root's.
+      const other = await inB(["sh", "-c", "touch /workspace/owned-b"]);
+      expect(other.exitCode).toBe(0);
+      const stB = await stat(join(driver.sandboxDir(b), "workspace/owned-b"));
+      expect(st.uid).not.toBe(0);
+      expect(stB.uid).not.toBe(0);
+      expect(st.uid).not.toBe(stB.uid);
+      expect((await stat(driver.sandboxDir(a))).mode & 0o077).toBe(0);
+      await driver.remove(b, "/workspace/owned-b");
+    } else {
+      expect(st.uid).toBe(process.getuid?.());
+    }
     await driver.remove(a, "/workspace/owned");
   });
 
@@ -183,15 +199,16 @@ describe("LocalDriver with bubblewrap", () => {
       const r = await inA(["sh", "-c", 'echo $$; for p in /proc/[0-9]*; do cat "$p/comm"; done']);
       const [self, ...comms] = r.stdout.trim().split("\n");
       expect(Number(self)).toBeLessThanOrEqual(3);
-      // The namespace's init (bwrap), the shell, and cat: nothing of the host or other execs.
-      expect(comms.filter((c) => !["bwrap", "sh", "cat"].includes(c))).toEqual([]);
-      expect(comms.length).toBeLessThanOrEqual(4);
+      // The namespace's init (bwrap), the egress bridge (socat), the shell, and cat: nothing
+      // of the host or other execs.
+      expect(comms.filter((c) => !["bwrap", "socat", "sh", "cat"].includes(c))).toEqual([]);
+      expect(comms.length).toBeLessThanOrEqual(5);
     } finally {
       await other.kill();
     }
   });
 
-  it("does not put the environment on bwrap's command line", async () => {
+  it("does not put the environment on bwrap's command line or in any host process's environment", async () => {
     const canary = `env-canary-${randomUUID()}`;
     const secs = uniqueSleepSeconds();
     const handle = await driver.exec(a, {
@@ -211,8 +228,12 @@ describe("LocalDriver with bubblewrap", () => {
         expect(cmdline).not.toContain(canary);
         expect(cmdline).not.toContain("API_KEY");
       }
-      // It did reach the process, through its environment.
-      expect(await readFile(`/proc/${pid}/environ`, "utf8")).toContain(`API_KEY=${canary}`);
+      // bwrap (a host process) has a fixed environment: nothing of the session's.
+      expect(await readFile(`/proc/${pid}/environ`, "utf8")).not.toContain(canary);
+      // It did reach the command, inside the sandbox.
+      const comms = await Promise.all(tree.map((p) => readFile(`/proc/${p.pid}/comm`, "utf8")));
+      const sleeper = tree[comms.indexOf("sleep\n")];
+      expect(await readFile(`/proc/${sleeper!.pid}/environ`, "utf8")).toContain(`API_KEY=${canary}`);
     } finally {
       await handle.kill();
     }

@@ -110,6 +110,9 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     GIT_ALLOW_INSECURE: "true",
     HEARTBEAT_INTERVAL_MS: "2000",
     SERVICE_TOKEN_PUBLIC_KEY: keys.publicKeyPem,
+    // The git fixture listens on loopback: reached through the fence by an explicit allow
+    // entry, as an operator would configure it. The model server is reached by the relay.
+    SANDBOX_EGRESS_ALLOW: new URL(git.url).host,
   });
   const log = await connectEventLog(config.events, { name: "sandbox-manager", logger });
   const events = log.events as JetStreamEventLog;

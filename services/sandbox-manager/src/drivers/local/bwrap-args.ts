@@ -1,10 +1,12 @@
 import { lstat, readdir, readlink } from "node:fs/promises";
 
 /**
- * The bubblewrap command line of one exec. Only paths and flags go on it: argv is visible
- * to every user of the host in `ps`, so the environment is handed to bwrap as its own
- * environment by spawn (bwrap passes it through to the command unchanged; `--clearenv`
- * would wipe it, and spawn already replaces the manager's environment entirely).
+ * The bubblewrap invocation of one exec. bwrap is a host process: the session's environment
+ * must never be its environment (the host's loader would honour LD_PRELOAD, LD_AUDIT, … of
+ * a session before any namespace exists). So bwrap starts with a fixed environment, and
+ * every option, the session's variables included (`--clearenv` then `--setenv`), is read
+ * from a pipe (`--args 3`): nothing of it is on the host's argv (visible in `ps`) or in a
+ * host process's environment. Only the command itself is on argv.
  */
 
 /** The uid and gid the sandboxed processes have inside their user namespace. */
@@ -115,13 +117,85 @@ export interface BwrapExecOptions {
   sandboxDir: string;
   cwd: string;
   argv: string[];
+  /** The whole environment of the command, set inside the sandbox. */
+  env: Record<string, string>;
+  /**
+   * Host directory holding the egress proxy's socket, shown read-only at EGRESS_DIR; the
+   * sandbox then has its own network namespace whose only way out is that socket.
+   */
+  egressDir?: string | undefined;
+}
+
+/** The fixed environment of bwrap itself (a host process). */
+export const BWRAP_HOST_ENV: Readonly<Record<string, string>> = Object.freeze({ PATH: "/usr/bin:/bin" });
+
+/** Where the proxy socket directory is inside the sandbox. */
+export const EGRESS_DIR = "/run/kilo-cloud";
+/** The in-sandbox proxy address (a bridge to the socket, started in front of each command). */
+export const EGRESS_PROXY_PORT = 3128;
+export const EGRESS_PROXY_URL = `http://127.0.0.1:${EGRESS_PROXY_PORT}`;
+
+/**
+ * Runs in the sandbox before the command: a socat bridge from 127.0.0.1:3128 to the proxy
+ * socket, detached (a subshell's child, reparented to bwrap's init) so a command that waits
+ * for its children does not wait for it, then waits until it listens (0100007F:0C38 in
+ * /proc/net/tcp, state 0A) and becomes the command.
+ */
+const BRIDGE_SCRIPT = `(socat TCP-LISTEN:${EGRESS_PROXY_PORT},bind=127.0.0.1,reuseaddr,fork UNIX-CONNECT:${EGRESS_DIR}/proxy.sock </dev/null >/dev/null 2>&1 &)
+i=0
+while ! grep -q ' 0100007F:0C38 00000000:0000 0A' /proc/net/tcp 2>/dev/null; do
+  i=$((i + 1)); [ "$i" -gt 500 ] && break; sleep 0.01
+done
+exec "$@"`;
+
+/** The variables that point every usual client (curl, git, npm, pip, Bun, Node) at the proxy. */
+export function proxyEnv(): Record<string, string> {
+  return {
+    HTTP_PROXY: EGRESS_PROXY_URL,
+    HTTPS_PROXY: EGRESS_PROXY_URL,
+    http_proxy: EGRESS_PROXY_URL,
+    https_proxy: EGRESS_PROXY_URL,
+    ALL_PROXY: EGRESS_PROXY_URL,
+    all_proxy: EGRESS_PROXY_URL,
+    // `localhost` is the sandbox's own loopback; 127.0.0.1 goes through the proxy, which
+    // refuses it unless an operator allowed an endpoint there.
+    NO_PROXY: "localhost",
+    no_proxy: "localhost",
+  };
+}
+
+/** bwrap's argv: `--args 3`, then the command (with the network bridge in front when fenced). */
+export function bwrapCommand(exec: Pick<BwrapExecOptions, "argv" | "egressDir">): string[] {
+  const argv = exec.egressDir ? ["/bin/sh", "-c", BRIDGE_SCRIPT, "kc-net", ...exec.argv] : exec.argv;
+  return ["--args", "3", "--", ...argv];
+}
+
+/** The options bwrap reads from fd 3, NUL-separated. */
+export function encodeArgs(options: readonly string[]): Buffer {
+  for (const o of options) {
+    if (o.includes("\0")) throw new Error("a bwrap option contains a NUL byte");
+  }
+  return Buffer.from(options.map((o) => `${o}\0`).join(""), "utf8");
+}
+
+const ENV_NAME = /^[^=\0]+$/;
+
+function envOps(env: Record<string, string>): string[] {
+  const ops = ["--clearenv"];
+  for (const [name, value] of Object.entries(env)) {
+    if (!ENV_NAME.test(name)) throw new Error(`invalid environment variable name: ${JSON.stringify(name)}`);
+    ops.push("--setenv", name, value);
+  }
+  return ops;
 }
 
 /**
- * The full bwrap argv (without the bwrap program itself). Order matters: mounts are made
- * in order, and the read-only remounts come after every mount point they contain.
+ * The options of one exec (read by bwrap from fd 3; the command is on argv). Order
+ * matters: mounts are made in order, and the read-only remounts come after every mount
+ * point they contain.
  */
-export function bwrapArgs(layout: HostLayout, exec: BwrapExecOptions): string[] {
+export function bwrapOptions(layout: HostLayout, exec: BwrapExecOptions): string[] {
+  const fenced = exec.egressDir !== undefined;
   return [
     // A user namespace whose only uid/gid (1000 inside) is the caller's outside: no
     // capabilities, and files the sandbox writes are owned on the host by the manager.
@@ -137,9 +211,8 @@ export function bwrapArgs(layout: HostLayout, exec: BwrapExecOptions): string[] 
     "--unshare-uts",
     "--hostname",
     "sandbox",
-    // The network is shared on purpose: kilo must reach the model gateway, which may be on
-    // the host's loopback. Cutting it needs a way in for the gateway (e.g. a proxy on a Unix
-    // socket bound into the sandbox).
+    // Its own network (only a loopback): the way out is the egress proxy's socket.
+    ...(fenced ? ["--unshare-net"] : []),
     "--cap-drop",
     "ALL",
     "--die-with-parent",
@@ -167,6 +240,7 @@ export function bwrapArgs(layout: HostLayout, exec: BwrapExecOptions): string[] 
     "--bind",
     `${exec.sandboxDir}/home`,
     "/home",
+    ...(fenced ? ["--ro-bind", exec.egressDir!, EGRESS_DIR] : []),
     ...layout.localBinOps,
     ...layout.extraOps,
     ...(layout.localBinOps.length > 0 ? ["--remount-ro", "/usr/local/bin"] : []),
@@ -175,7 +249,6 @@ export function bwrapArgs(layout: HostLayout, exec: BwrapExecOptions): string[] 
     "/",
     "--chdir",
     exec.cwd,
-    "--",
-    ...exec.argv,
+    ...envOps(fenced ? { ...exec.env, ...proxyEnv() } : exec.env),
   ];
 }

@@ -1,9 +1,10 @@
 import { type ChildProcessByStdio, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { lstat, mkdir, realpath, rename, stat, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { chmod, chown, lstat, mkdir, mkdtemp, realpath, rename, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import type { Readable, Writable } from "node:stream";
-import type { Logger } from "@kilo-cloud/common";
+import { type EgressPolicy, egressPolicy, type Logger } from "@kilo-cloud/common";
 import {
   type Driver,
   type ExecHandle,
@@ -15,15 +16,21 @@ import {
   sandboxId,
 } from "../driver.js";
 import {
-  bwrapArgs,
+  BWRAP_HOST_ENV,
+  bwrapCommand,
+  bwrapOptions,
+  encodeArgs,
   type HostLayout,
   KILO_SANDBOX_PATH,
   readHostLayout,
   SANDBOX_GID,
   SANDBOX_UID,
 } from "./bwrap-args.js";
+import { CgroupLimits, DEFAULT_LIMITS, type SandboxLimits } from "./cgroup-limits.js";
+import { EgressProxy, type ProviderRelay, RELAY_HOST } from "./egress-proxy.js";
 import { freezeTree, type ProcInfo, readProc, sendKill, waitGone } from "./proc-tree.js";
 import { existsIn, mkdirIn, removeIn, sandboxDirName, toHostPath } from "./sandbox-paths.js";
+import { DEFAULT_UID_RANGE, type HostUser, SandboxUsers, type UidRange } from "./sandbox-users.js";
 
 export interface LocalDriverOptions {
   /** Where sandboxes live: `<rootDir>/sandboxes/<hash of the sandbox id>/{workspace,home}`. */
@@ -40,6 +47,23 @@ export interface LocalDriverOptions {
   logger?: Logger | undefined;
   /** The bwrap program; by default /usr/bin/bwrap or /usr/local/bin/bwrap. */
   bwrapPath?: string | undefined;
+  /**
+   * `fenced` (default with bwrap): each exec has its own network namespace whose only way
+   * out is the egress proxy, which applies `egressPolicy`. `host`: the host's network
+   * (development only: the sandbox reaches every host port).
+   */
+  network?: "fenced" | "host" | undefined;
+  /** Default: public addresses only (see @kilo-cloud/common egress.ts). */
+  egressPolicy?: EgressPolicy | undefined;
+  /** The model provider the proxy relays to with the operator's key (fenced only). */
+  providerRelay?: ProviderRelay | undefined;
+  /** Per-sandbox limits (cgroup v1 where writable, else RLIMIT_NPROC only). */
+  limits?: Partial<SandboxLimits> | undefined;
+  /**
+   * Host uids of sandboxes when the manager runs as root (each sandbox its own); ignored
+   * otherwise. Default: 2000000000 upwards.
+   */
+  uidRange?: UidRange | undefined;
 }
 
 /** How long after a process exited its output may still trail in before the result is given. */
@@ -64,14 +88,41 @@ export class LocalDriver implements Driver {
   readonly #layout: HostLayout | undefined;
   readonly #log: Logger | undefined;
   readonly #running = new Set<LocalExec>();
+  readonly #confine: Confinement | undefined;
   #closed = false;
 
-  private constructor(opts: LocalDriverOptions, root: string, bwrap: string, layout: HostLayout | undefined) {
+  private constructor(
+    opts: LocalDriverOptions,
+    root: string,
+    bwrap: string,
+    layout: HostLayout | undefined,
+    confine?: Confinement,
+  ) {
     this.#opts = opts;
     this.#root = root;
     this.#bwrap = bwrap;
     this.#layout = layout;
     this.#log = opts.logger;
+    this.#confine = confine;
+  }
+
+  /**
+   * The base URL kilo uses for the model provider when the proxy relays to it (the key is
+   * added outside the sandbox); undefined when kilo must be given the provider itself.
+   */
+  get providerRelayUrl(): string | undefined {
+    return this.#confine?.proxy && this.#opts.providerRelay ? `http://${RELAY_HOST}` : undefined;
+  }
+
+  /** The sandbox's memory cgroup directory (cgroup v1), when limits are held by cgroups. */
+  memoryCgroupOf(sandbox: Pick<Sandbox, "id">): string | undefined {
+    return this.#confine?.cgroups?.groupDir("memory", sandboxDirName(sandbox.id));
+  }
+
+  /** What holds the sandboxes' resources: `cgroup` (v1) or `rlimit` (processes only). */
+  get limitsMechanism(): "cgroup" | "rlimit" | "none" {
+    if (!this.#confine) return "none";
+    return this.#confine.cgroups ? "cgroup" : this.#confine.users ? "rlimit" : "none";
   }
 
   /**
@@ -115,24 +166,103 @@ export class LocalDriver implements Driver {
       extraReadOnlyBinds: opts.extraReadOnlyBinds,
     });
 
-    const probeDir = join(root, "probe");
-    await mkdir(join(probeDir, "workspace"), { recursive: true, mode: 0o700 });
-    await mkdir(join(probeDir, "home"), { recursive: true, mode: 0o700 });
-    const args = bwrapArgs(layout, { sandboxDir: probeDir, cwd: "/workspace", argv: ["true"] });
-    const failure = await new Promise<string | undefined>((resolve) => {
-      execFile(bwrap, args, { env: { PATH: "/usr/bin:/bin" }, timeout: 15_000 }, (err, _stdout, stderr) => {
-        resolve(err ? stderr.trim() || err.message : undefined);
-      });
-    });
+    const confine = await confinement(opts, root);
+    const driver = new LocalDriver(opts, root, bwrap, layout, confine);
+    const failure = await driver.#probe();
     if (failure !== undefined) {
+      await confine.proxy?.close();
       throw new Error(
         `LocalDriver isolation is "bwrap" but bubblewrap cannot run a sandbox with ${bwrap}: ${failure}. ` +
-          'Install bubblewrap (e.g. "apt-get install bubblewrap"), allow unprivileged user namespaces, ' +
+          'Install bubblewrap and socat (e.g. "apt-get install bubblewrap socat"), allow unprivileged user namespaces, ' +
           'or set isolation to "none" (no isolation at all: development only).',
       );
     }
-    opts.logger?.info({ bwrap, rootDir: root }, "local driver ready (bubblewrap isolation)");
-    return new LocalDriver(opts, root, bwrap, layout);
+    opts.logger?.info(
+      {
+        bwrap,
+        rootDir: root,
+        network: confine.proxy ? "fenced" : "host",
+        hostUsers: confine.users ? "per sandbox" : "manager's user",
+        limits: driver.limitsMechanism,
+      },
+      "local driver ready (bubblewrap isolation)",
+    );
+    return driver;
+  }
+
+  /** Runs a sandbox built exactly like an exec's (with the network bridge when fenced). */
+  async #probe(): Promise<string | undefined> {
+    const probeDir = join(this.#root, "probe");
+    await mkdir(join(probeDir, "workspace"), { recursive: true, mode: 0o700 });
+    await mkdir(join(probeDir, "home"), { recursive: true, mode: 0o700 });
+    if (this.#confine?.proxy) await mkdir(this.#egressDir("probe"), { recursive: true, mode: 0o755 });
+    const user = this.#confine?.users?.probeUser;
+    if (user) await chownAll([probeDir, join(probeDir, "workspace"), join(probeDir, "home")], user);
+    const argv = this.#confine?.proxy ? ["socat", "-V"] : ["true"];
+    const child = await this.#spawnBwrap(probeDir, "probe", user, {
+      argv,
+      cwd: "/workspace",
+      env: BWRAP_HOST_ENV,
+    });
+    let stderr = "";
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    child.stdout.resume();
+    child.stdin.end();
+    const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+    const ended = new Promise<void>((resolve) => child.stderr.once("close", () => resolve()));
+    const code = await new Promise<number | null>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode);
+      else child.once("exit", (c) => resolve(c));
+    });
+    clearTimeout(timer);
+    await Promise.race([ended, new Promise((r) => setTimeout(r, 1_000))]);
+    return code === 0 ? undefined : stderr.trim() || `exit status ${code}`;
+  }
+
+  /**
+   * Starts bwrap for one exec: a fixed host environment, the sandbox's host user (when the
+   * manager is root), its cgroups joined before bwrap reads its options (and so before it
+   * does anything), and the options (mounts, the session's environment) through fd 3.
+   */
+  async #spawnBwrap(
+    dir: string,
+    cgroupName: string,
+    user: HostUser | undefined,
+    req: Pick<ExecRequest, "argv" | "cwd" | "env">,
+  ): Promise<BwrapChild> {
+    const egressDir = this.#confine?.proxy ? this.#egressDir(cgroupName) : undefined;
+    const options = encodeArgs(
+      bwrapOptions(this.#layout!, { sandboxDir: dir, cwd: req.cwd, argv: req.argv, env: req.env, egressDir }),
+    );
+    let file = this.#bwrap;
+    let args = bwrapCommand({ argv: req.argv, egressDir });
+    if (user && this.#confine) {
+      args = [`--nproc=${this.#confine.limits.pids}`, "--", file, ...args];
+      file = PRLIMIT;
+    }
+    const child = spawn(file, args, {
+      env: BWRAP_HOST_ENV,
+      detached: true,
+      stdio: ["pipe", "pipe", "pipe", "pipe"],
+      ...(user ? { uid: user.uid, gid: user.gid } : {}),
+    }) as unknown as BwrapChild;
+    await new Promise<void>((resolve, reject) => {
+      child.once("spawn", resolve);
+      child.once("error", reject);
+    });
+    const optionsPipe = child.stdio[3] as Writable;
+    optionsPipe.on("error", () => {});
+    try {
+      await this.#confine?.cgroups?.join(cgroupName, child.pid!);
+    } catch (err) {
+      // A process that is already gone (e.g. bwrap missing) needs no limits: its exit says why.
+      if (!(await isGone(child.pid!))) {
+        child.kill("SIGKILL");
+        throw new Error(`could not put the sandbox into its cgroups: ${(err as Error).message}`);
+      }
+    }
+    optionsPipe.end(options);
+    return child;
   }
 
   /** The host directory of a sandbox (for operators and tests; never derived from raw ids). */
@@ -148,6 +278,13 @@ export class LocalDriver implements Driver {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     await mkdir(join(dir, "workspace"), { recursive: true, mode: 0o755 });
     await mkdir(join(dir, "home"), { recursive: true, mode: 0o755 });
+    const user = await this.#userOf({ id });
+    if (user) await adoptSandboxDir(dir, user);
+    if (this.#confine?.proxy) {
+      const egressDir = this.#egressDir(sandboxDirName(id));
+      await mkdir(egressDir, { recursive: true, mode: 0o755 });
+      await this.#confine.proxy.listen(id, join(egressDir, "proxy.sock"), user);
+    }
     // Which sandbox a hashed directory belongs to, for whoever looks at the host.
     await writeFile(join(dir, "sandbox.json"), `${JSON.stringify({ id, key })}\n`, {
       flag: "wx",
@@ -171,40 +308,52 @@ export class LocalDriver implements Driver {
       throw new Error(`cwd ${req.cwd} is not a directory in the sandbox`);
     }
 
-    let file: string;
-    let args: string[];
-    let cwd: string | undefined;
-    let env = req.env;
     if (this.#layout) {
-      file = this.#bwrap;
-      args = bwrapArgs(this.#layout, { sandboxDir: dir, cwd: req.cwd, argv: req.argv });
-    } else {
-      // No namespaces: sandbox paths are rewritten to the host wherever they are a whole
-      // argument or env value. Paths inside a script (`sh -c '... /workspace/x'`) are not.
-      const map = (v: string) => toHostPath(dir, v)?.host ?? v;
-      const [program, ...rest] = req.argv as [string, ...string[]];
-      file =
-        program === "kilo" || program === KILO_SANDBOX_PATH
-          ? (this.#opts.kiloBinary ?? program)
-          : map(program);
-      args = rest.map(map);
-      cwd = hostCwd?.host ?? req.cwd;
-      env = Object.fromEntries(Object.entries(req.env).map(([k, v]) => [k, map(v)]));
+      const child = await this.#spawnBwrap(dir, sandboxDirName(sandbox.id), await this.#userOf(sandbox), req);
+      return this.#track(sandbox, req, child, true);
     }
+    // No namespaces (development only): the session's environment is the host process's,
+    // and sandbox paths are rewritten to the host wherever they are a whole argument or
+    // env value. Paths inside a script (`sh -c '... /workspace/x'`) are not.
+    const map = (v: string) => toHostPath(dir, v)?.host ?? v;
+    const [program, ...rest] = req.argv as [string, ...string[]];
+    const file =
+      program === "kilo" || program === KILO_SANDBOX_PATH ? (this.#opts.kiloBinary ?? program) : map(program);
+    const args = rest.map(map);
+    const cwd = hostCwd?.host ?? req.cwd;
+    const env = Object.fromEntries(Object.entries(req.env).map(([k, v]) => [k, map(v)]));
 
-    // The environment goes to the child as its environment, never on argv (visible in ps).
-    // spawn's env replaces the manager's environment entirely. detached: its own process
-    // group, so the manager's terminal signals do not reach it and the group can be killed.
+    // detached: its own process group, so the manager's terminal signals do not reach it
+    // and the group can be killed.
     const child = spawn(file, args, { env, cwd, detached: true, stdio: ["pipe", "pipe", "pipe"] });
     await new Promise<void>((resolve, reject) => {
       child.once("spawn", resolve);
       child.once("error", reject);
     });
-    const handle = new LocalExec(child, req, this.#layout !== undefined, this.#log);
+    return this.#track(sandbox, req, child, false);
+  }
+
+  #track(
+    sandbox: Sandbox,
+    req: ExecRequest,
+    child: ChildProcessByStdio<Writable, Readable, Readable>,
+    namespaced: boolean,
+  ): ExecHandle {
+    const handle = new LocalExec(child, req, namespaced, this.#log);
     this.#running.add(handle);
     void handle.result.finally(() => this.#running.delete(handle));
     this.#log?.debug({ sandboxId: sandbox.id, execId: handle.id, program: req.argv[0] }, "exec started");
     return handle;
+  }
+
+  /** The host directory of a sandbox's proxy socket (shown read-only at /run/kilo-cloud). */
+  #egressDir(dirName: string): string {
+    return join(this.#confine!.socketRoot, dirName);
+  }
+
+  /** The sandbox's host user when the manager is root; undefined otherwise. */
+  async #userOf(sandbox: Pick<Sandbox, "id">): Promise<HostUser | undefined> {
+    return this.#confine?.users?.userOf(sandboxDirName(sandbox.id));
   }
 
   async exists(sandbox: Sandbox, path: string): Promise<boolean> {
@@ -212,7 +361,7 @@ export class LocalDriver implements Driver {
   }
 
   async mkdir(sandbox: Sandbox, path: string): Promise<void> {
-    return mkdirIn(this.sandboxDir(sandbox), path);
+    return mkdirIn(this.sandboxDir(sandbox), path, await this.#userOf(sandbox));
   }
 
   async remove(sandbox: Sandbox, path: string): Promise<void> {
@@ -222,6 +371,8 @@ export class LocalDriver implements Driver {
   async close(): Promise<void> {
     this.#closed = true;
     await Promise.all([...this.#running].map((h) => h.kill()));
+    await this.#confine?.proxy?.close();
+    await this.#confine?.cgroups?.close();
   }
 }
 
@@ -324,6 +475,100 @@ class LocalExec implements ExecHandle {
       failed: [...failed].map((p) => `proc_${p.pid}`),
     };
   }
+}
+
+type BwrapChild = ChildProcessByStdio<Writable, Readable, Readable> & { stdio: unknown[] };
+
+const PRLIMIT = "/usr/bin/prlimit";
+
+/** What confines the sandboxes beyond bubblewrap's namespaces. */
+interface Confinement {
+  limits: SandboxLimits;
+  /** Per-sandbox host users (the manager runs as root). */
+  users?: SandboxUsers | undefined;
+  cgroups?: CgroupLimits | undefined;
+  /** The egress proxy (network fenced). */
+  proxy?: EgressProxy | undefined;
+  /** Where the proxy's sockets are: `<dir>/<sandbox dir name>/proxy.sock`. */
+  socketRoot: string;
+}
+
+async function confinement(opts: LocalDriverOptions, root: string): Promise<Confinement> {
+  const limits = { ...DEFAULT_LIMITS, ...opts.limits };
+  const isRoot = process.getuid?.() === 0;
+  const users = isRoot ? new SandboxUsers(root, opts.uidRange ?? DEFAULT_UID_RANGE) : undefined;
+  if (users) {
+    // The sandboxes' users must reach their own directory (and nothing else) below the root.
+    await requireSearchableAncestors(root);
+    await chmod(root, 0o711);
+    await chmod(join(root, "sandboxes"), 0o711);
+    await chmod(join(root, "etc"), 0o755);
+  }
+  const cgroups = await CgroupLimits.detect(limits, sandboxDirName(root).slice(0, 12));
+  const socketRoot = await egressSocketRoot(root);
+  const proxy =
+    (opts.network ?? "fenced") === "fenced"
+      ? new EgressProxy({
+          policy: opts.egressPolicy ?? egressPolicy(),
+          relay: opts.providerRelay,
+          logger: opts.logger,
+        })
+      : undefined;
+  if (!proxy) opts.logger?.warn('local driver network is "host": sandboxes reach every port of this host');
+  return { limits, users, cgroups, proxy, socketRoot };
+}
+
+/**
+ * `<root>/egress`, or a fresh directory in the system's temporary directory when the root's
+ * path is too long for `<dir>/<32 hex>/proxy.sock` to fit a Unix socket address (107 bytes).
+ */
+async function egressSocketRoot(root: string): Promise<string> {
+  const inRoot = join(root, "egress");
+  const dir = inRoot.length + 44 <= 107 ? inRoot : await mkdtemp(join(tmpdir(), "kc-egress-"));
+  await mkdir(dir, { recursive: true, mode: 0o711 });
+  await chmod(dir, 0o711);
+  return dir;
+}
+
+/** Every directory above the root must let other users through (x), or no sandbox user reaches its files. */
+async function requireSearchableAncestors(root: string): Promise<void> {
+  for (let dir = dirname(root); ; dir = dirname(dir)) {
+    const st = await stat(dir);
+    if ((st.mode & 0o001) === 0) {
+      throw new Error(
+        `the sandbox root ${root} is below ${dir}, which other users cannot enter: sandboxes run as ` +
+          `their own unprivileged users and must reach their directories (chmod o+x ${dir}, or choose another root)`,
+      );
+    }
+    if (dir === "/") return;
+  }
+}
+
+async function chownAll(paths: string[], user: HostUser): Promise<void> {
+  for (const p of paths) await chown(p, user.uid, user.gid);
+}
+
+/**
+ * Gives a sandbox directory to its host user. A directory made before sandboxes had users
+ * of their own (owned by the manager) is handed over whole, once.
+ */
+async function adoptSandboxDir(dir: string, user: HostUser): Promise<void> {
+  const st = await stat(dir);
+  if (st.uid === user.uid) return;
+  await new Promise<void>((resolve, reject) => {
+    execFile(
+      "chown",
+      ["-R", "-h", `${user.uid}:${user.gid}`, "--", join(dir, "workspace"), join(dir, "home")],
+      { env: BWRAP_HOST_ENV },
+      (err) => (err ? reject(err) : resolve()),
+    );
+  });
+  await chown(dir, user.uid, user.gid);
+}
+
+async function isGone(pid: number): Promise<boolean> {
+  const p = await readProc(pid);
+  return p === undefined || p.state === "Z" || p.state === "X";
 }
 
 async function isDir(path: string): Promise<boolean> {

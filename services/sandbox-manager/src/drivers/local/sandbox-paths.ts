@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { lstat, mkdir, realpath, rm } from "node:fs/promises";
+import { lchown, lstat, mkdir, realpath, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { isManagedPath } from "../driver.js";
 
@@ -96,7 +96,11 @@ export async function existsIn(sandboxDir: string, path: string): Promise<boolea
  * the check and the next mkdir: this is best effort, a reason for the manager to create
  * what it needs before running untrusted code in it.
  */
-export async function mkdirIn(sandboxDir: string, path: string): Promise<void> {
+export async function mkdirIn(
+  sandboxDir: string,
+  path: string,
+  owner?: { uid: number; gid: number },
+): Promise<void> {
   const { areaRoot, area } = managed(sandboxDir, path);
   const segments = path
     .slice(area.length + 2)
@@ -105,15 +109,19 @@ export async function mkdirIn(sandboxDir: string, path: string): Promise<void> {
   let current = areaRoot;
   for (const seg of segments) {
     current = join(current, seg);
+    let created = true;
     try {
       await mkdir(current, { mode: 0o755 });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      created = false;
     }
     const st = await lstat(current);
     if (!st.isDirectory()) {
       throw new Error(`cannot create ${JSON.stringify(path)}: a component exists and is not a directory`);
     }
+    // Made by the manager (root): it belongs to the sandbox's own host user.
+    if (created && owner) await lchown(current, owner.uid, owner.gid);
   }
 }
 
