@@ -199,11 +199,16 @@ export class LocalDriver implements Driver {
     const user = this.#confine?.users?.probeUser;
     if (user) await chownAll([probeDir, join(probeDir, "workspace"), join(probeDir, "home")], user);
     const argv = this.#confine?.proxy ? ["socat", "-V"] : ["true"];
-    const child = await this.#spawnBwrap(probeDir, "probe", user, {
-      argv,
-      cwd: "/workspace",
-      env: BWRAP_HOST_ENV,
-    });
+    let child: BwrapChild;
+    try {
+      child = await this.#spawnBwrap(probeDir, "probe", user, {
+        argv,
+        cwd: "/workspace",
+        env: BWRAP_HOST_ENV,
+      });
+    } catch (err) {
+      return (err as Error).message;
+    }
     let stderr = "";
     child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
     child.stdout.resume();
@@ -236,7 +241,8 @@ export class LocalDriver implements Driver {
     );
     let file = this.#bwrap;
     let args = bwrapCommand({ argv: req.argv, egressDir });
-    if (user && this.#confine) {
+    // RLIMIT_NPROC is the fallback where no pids cgroup counts the sandbox's processes.
+    if (user && this.#confine && !this.#confine.cgroups) {
       args = [`--nproc=${this.#confine.limits.pids}`, "--", file, ...args];
       file = PRLIMIT;
     }
