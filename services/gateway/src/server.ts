@@ -27,7 +27,7 @@ import {
   upstreamError,
 } from "./handlers/forward.js";
 import { createStreamTickets } from "./handlers/stream-tickets.js";
-import { subscribeHandler } from "./handlers/subscribe.js";
+import { STREAM_HANDLER_OPTIONS, subscribeHandler } from "./handlers/subscribe.js";
 import { streamTicketRoute } from "./handlers/ticket-route.js";
 
 /** Must match the session service's audience. */
@@ -106,29 +106,33 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
       }),
     );
     const events = deps.events;
-    router.service(StreamService, {
-      subscribe: events
-        ? subscribeHandler({
-            events,
-            tickets,
-            verifyUser,
-            keepaliveMs: deps.keepaliveMs ?? 15_000,
-            async checkOwner(userId, cloudAgentSessionId, signal) {
-              try {
-                await sessions.getSession(
-                  { cloudAgentSessionId },
-                  await upstreamCallOptions({ identity: { userId, internal: false }, signal }, upstream),
-                );
-              } catch (err) {
-                throw upstreamError(err, "session service");
-              }
+    router.service(
+      StreamService,
+      {
+        subscribe: events
+          ? subscribeHandler({
+              events,
+              tickets,
+              verifyUser,
+              keepaliveMs: deps.keepaliveMs ?? 15_000,
+              async checkOwner(userId, cloudAgentSessionId, signal) {
+                try {
+                  await sessions.getSession(
+                    { cloudAgentSessionId },
+                    await upstreamCallOptions({ identity: { userId, internal: false }, signal }, upstream),
+                  );
+                } catch (err) {
+                  throw upstreamError(err, "session service");
+                }
+              },
+            })
+          : // biome-ignore lint/correctness/useYield: no event log configured
+            async function* () {
+              throw new ConnectError("streaming is not configured on this gateway", Code.Unimplemented);
             },
-          })
-        : // biome-ignore lint/correctness/useYield: no event log configured
-          async function* () {
-            throw new ConnectError("streaming is not configured on this gateway", Code.Unimplemented);
-          },
-    });
+      },
+      STREAM_HANDLER_OPTIONS,
+    );
   };
 
   const handler = createServiceHandler({
