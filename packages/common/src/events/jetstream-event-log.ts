@@ -8,6 +8,7 @@ import {
   JetStreamApiError,
   type JetStreamClient,
   type JetStreamManager,
+  type JsMsg,
   jetstream,
   jetstreamManager,
   RetentionPolicy,
@@ -49,6 +50,7 @@ export interface JetStreamEventLogOptions {
 const READ_AHEAD_BYTES = 1024 * 1024;
 /** Most events handed on in one batch by `readStored`. */
 const MAX_BATCH = 512;
+const LATER = Symbol("later");
 
 const NS = 1_000_000;
 
@@ -179,31 +181,55 @@ export class JetStreamEventLog implements EventLog {
     const stop = () => void messages.close();
     opts.signal?.addEventListener("abort", stop, { once: true });
     const typeAt = this.subject(sessionId, "").length;
+    let next: Promise<IteratorResult<JsMsg>> | undefined = it.next();
     try {
       for (;;) {
-        // One await for the first event, then whatever has already arrived, without waiting.
-        let r = await it.next();
+        let r = await next;
+        next = undefined;
         if (r.done) return;
+        // Then whatever has already arrived: anything queued resolves within microtasks,
+        // before the next turn of the event loop (`later`); the rest waits for next time.
+        const later = new Promise<typeof LATER>((resolve) => setImmediate(() => resolve(LATER)));
         const batch: StoredEvent[] = [];
-        let last = false;
+        let end = false;
         for (;;) {
           const m = r.value;
-          batch.push({ id: BigInt(m.seq), type: m.subject.slice(typeAt) as EventTypeName, data: m.data });
+          batch.push({
+            id: BigInt(m.seq),
+            type: m.subject.slice(typeAt) as EventTypeName,
+            data: m.data,
+            behind: m.info.pending,
+          });
           if (opts.storedOnly && m.info.pending === 0) {
-            last = true;
+            end = true;
             break;
           }
-          if (batch.length >= MAX_BATCH || messages.getPending() <= 0) break;
-          r = await it.next();
-          if (r.done) break;
+          const more = it.next();
+          if (batch.length >= MAX_BATCH) {
+            next = more;
+            break;
+          }
+          const got = await Promise.race([more, later]);
+          if (got === LATER) {
+            next = more;
+            break;
+          }
+          r = got;
+          if (r.done) {
+            end = true;
+            break;
+          }
         }
         yield batch;
-        if (last || r.done) return;
+        if (end) return;
+        next ??= it.next();
       }
     } finally {
       opts.signal?.removeEventListener("abort", stop);
+      // Closing ends a pending next() (done), so the iterator can then be returned.
+      const closing = messages.close();
       await it.return?.();
-      await messages.close();
+      await closing;
     }
   }
 

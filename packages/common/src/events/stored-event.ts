@@ -12,6 +12,11 @@ export interface StoredEvent {
   id: bigint;
   type: EventTypeName;
   data: Uint8Array;
+  /**
+   * How many of the session's events were already stored after this one when it was read,
+   * where the log knows (JetStream): how far the reader is behind the live head.
+   */
+  behind?: number;
 }
 
 /** Field numbers of kilocode.cloudagent.v1.Event that readers peek at without decoding. */

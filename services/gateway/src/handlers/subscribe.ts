@@ -37,6 +37,12 @@ export interface SubscribeDeps {
   checkOwner(userId: string, cloudAgentSessionId: string, signal: AbortSignal): Promise<void>;
   /** An idle stream gets a keep-alive message this often (proxies close silent streams). */
   keepaliveMs: number;
+  /**
+   * A stream that was live and then falls this many events behind the newest ones (its
+   * client reads slower than the session produces) is ended with RESOURCE_EXHAUSTED, to be
+   * resumed with `fromId` as a fast batched replay (default 50,000).
+   */
+  maxLagEvents?: number;
 }
 
 /**
@@ -47,6 +53,7 @@ export interface SubscribeDeps {
 export const STREAM_HANDLER_OPTIONS = { compressMinBytes: 2 ** 32 - 1 } as const;
 
 const KEEPALIVE = Symbol("keepalive");
+const DEFAULT_MAX_LAG_EVENTS = 50_000;
 
 type Response = MessageInitShape<typeof SubscribeResponseSchema> | SubscribeResponse;
 
@@ -72,6 +79,7 @@ export function subscribeHandler(deps: SubscribeDeps) {
         signal: ctx.signal,
       })
       [Symbol.asyncIterator]();
+    const lag = new LagGuard(deps.maxLagEvents ?? DEFAULT_MAX_LAG_EVENTS, req.fromId);
     let pending = iterator.next();
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -89,6 +97,7 @@ export function subscribeHandler(deps: SubscribeDeps) {
         }
         if (next.done) return;
         pending = iterator.next();
+        lag.check(next.value);
         const batch = next.value.filter(keep);
         if (batch.length === 0) continue;
         if (req.batch)
@@ -100,6 +109,37 @@ export function subscribeHandler(deps: SubscribeDeps) {
       await iterator.return?.();
     }
   };
+}
+
+/**
+ * Ends a live stream whose client fell too far behind. A replay (far behind from the
+ * start) is not lagging: only a stream that once caught up with the newest events is.
+ */
+class LagGuard {
+  private caughtUp = false;
+  private lastId: bigint | undefined;
+
+  constructor(
+    private readonly maxLag: number,
+    fromId: bigint | undefined,
+  ) {
+    this.lastId = fromId;
+  }
+
+  /** Called with each batch before it is sent; every earlier batch has been sent. */
+  check(batch: StoredEvent[]): void {
+    const behind = batch[0]?.behind;
+    if (behind !== undefined && this.caughtUp && behind > this.maxLag) {
+      // The resume point is the last event sent: nothing of this batch has been.
+      const resume = this.lastId === undefined ? "without fromId" : `with fromId=${this.lastId}`;
+      throw new ConnectError(
+        `this stream fell ${behind} events behind the newest ones (the client reads more slowly than the session produces events); subscribe again ${resume} to catch up`,
+        Code.ResourceExhausted,
+      );
+    }
+    if (batch.some((s) => s.behind === 0)) this.caughtUp = true;
+    this.lastId = batch.at(-1)?.id ?? this.lastId;
+  }
 }
 
 function single(stored: StoredEvent): SubscribeResponse {
