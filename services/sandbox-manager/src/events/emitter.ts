@@ -29,7 +29,9 @@ interface Pending {
  */
 export class ExecutionEvents {
   private n = 0;
-  private readonly queue: Pending[] = [];
+  /** Events not yet handed to the log: `queue[head..]` (shift() would be O(n) per event). */
+  private queue: Pending[] = [];
+  private head = 0;
   private inflight = 0;
   private failed: unknown;
   private roomWaiters: (() => void)[] = [];
@@ -67,24 +69,34 @@ export class ExecutionEvents {
    * instead of in this process's memory.
    */
   backpressure(): Promise<void> | undefined {
-    if (this.queue.length + this.inflight < this.window) return undefined;
+    if (this.queued + this.inflight < this.window) return undefined;
     return new Promise((resolve) => this.roomWaiters.push(resolve));
   }
 
   /** Waits until everything emitted so far is stored; throws if any publish failed. */
   async flush(): Promise<void> {
-    if (this.queue.length > 0 || this.inflight > 0) {
+    if (this.queued > 0 || this.inflight > 0) {
       await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     }
     if (this.failed) throw this.failed;
   }
 
   private pump(): void {
-    while (this.queue.length > 0 && this.inflight < this.window) {
+    while (this.queued > 0 && this.inflight < this.window) {
+      const next = this.queue[this.head]!;
       // A terminal event waits for every acknowledgement before it.
-      if (this.queue[0]!.terminal && this.inflight > 0) return;
-      this.publish(this.queue.shift()!);
+      if (next.terminal && this.inflight > 0) return;
+      this.head++;
+      this.publish(next);
     }
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  private get queued(): number {
+    return this.queue.length - this.head;
   }
 
   private publish({ event, msgId }: Pending): void {
@@ -106,12 +118,12 @@ export class ExecutionEvents {
   }
 
   private wake(): void {
-    if (this.queue.length + this.inflight < this.window) {
+    if (this.queued + this.inflight < this.window) {
       const waiters = this.roomWaiters;
       this.roomWaiters = [];
       for (const w of waiters) w();
     }
-    if (this.queue.length === 0 && this.inflight === 0) {
+    if (this.queued === 0 && this.inflight === 0) {
       const waiters = this.idleWaiters;
       this.idleWaiters = [];
       for (const w of waiters) w();
