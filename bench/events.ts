@@ -26,10 +26,10 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type Client, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { createLogger, JetStreamEventLog } from "@kilo-cloud/common";
+import { createLogger, JetStreamEventLog, PostgresEventLog } from "@kilo-cloud/common";
 import { createStreamTickets } from "@kilo-cloud/gateway";
 import { EventSchema, StreamService } from "@kilo-cloud/proto";
-import { CAPTURED_KILO_STREAMS_DIR } from "@kilo-cloud/testing";
+import { CAPTURED_KILO_STREAMS_DIR, createTestDatabase } from "@kilo-cloud/testing";
 import { DeliverPolicy, type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
@@ -61,7 +61,9 @@ const MAX_MINUTES = numberOption("max-minutes", "BENCH_MAX_MINUTES", 10);
 const DRAIN_MS = 20_000;
 const OPEN_CONCURRENCY = 32;
 const PHASES = new Set(
-  (stringOption("phases", "BENCH_PHASES") ?? "latency,replay,open,idle").split(",").map((p) => p.trim()),
+  (stringOption("phases", "BENCH_PHASES") ?? "latency,replay,postgres,open,idle")
+    .split(",")
+    .map((p) => p.trim()),
 );
 
 type KiloPayload = Record<string, never>;
@@ -154,6 +156,8 @@ async function runPhase(opts: {
   receiver: (session: number, onEvent: (now: number) => void) => Receiver;
   warmUp: (session: number) => void;
   emit: (session: number, index: number, k: number) => void;
+  /** Runs once the receivers are open, before emission starts. */
+  afterOpen?: () => Promise<void>;
 }): Promise<PhaseResult> {
   const { n, sessions } = opts;
   const perSession = Math.ceil(n / sessions);
@@ -179,6 +183,7 @@ async function runPhase(opts: {
   const loop = monitorEventLoopDelay({ resolution: 10 });
   try {
     await Promise.all(receivers.map(({ rec }, s) => rec.open(() => opts.warmUp(s))));
+    await opts.afterOpen?.();
     loop.enable();
     const t0 = await paced(n, opts.perSecond, sessions, emitTimes, opts.emit);
     const heapAfterEmit = process.memoryUsage().heapUsed;
@@ -213,17 +218,18 @@ function subscribeReceiver(ctx: Ctx, sessionId: string, onEvent: (now: number) =
       done = (async () => {
         try {
           for await (const res of ctx.client.subscribe(
-            { cloudAgentSessionId: sessionId, ticket },
+            { cloudAgentSessionId: sessionId, ticket, batch: true },
             { signal: abort.signal },
           )) {
-            if (!res.event) continue;
             const now = performance.now();
-            if (!seenWarmUp) {
-              seenWarmUp = true;
-              warm();
-              continue;
+            for (let k = 0; k < res.events.length; k++) {
+              if (!seenWarmUp) {
+                seenWarmUp = true;
+                warm();
+                continue;
+              }
+              onEvent(now);
             }
-            onEvent(now);
           }
         } catch (err) {
           if (!abort.signal.aborted) console.error("subscriber failed:", err);
@@ -289,7 +295,7 @@ function encodeEvent(sessionId: string, executionId: string, payload: KiloPayloa
   );
 }
 
-type LatencyVariant = "raw" | "raw-core" | "service" | "pipelined";
+type LatencyVariant = "raw" | "raw-core" | "service" | "pipelined" | "stalled";
 
 /** Up to `limit` publishes in flight, started in submission order (a bounded pipeline). */
 class Window {
@@ -374,6 +380,7 @@ async function latencyPhase(
       await nc.close().catch(ignore);
     }
   }
+  const stall = new AbortController();
   const log = await JetStreamEventLog.connect({
     servers: ctx.nats.url,
     stream: ctx.stream,
@@ -420,13 +427,27 @@ async function latencyPhase(
       warmUp: (s) => emitters[s]!.status("warm-up", "bench"),
       emit: (s, _i, k) =>
         emitters[s]!.emit({ case: "kilocode", value: { payload: payloads[k % payloads.length]! } }),
+      ...(variant === "stalled"
+        ? { afterOpen: () => openStalledClient(ctx, ids[0]!.sessionId, stall.signal) }
+        : {}),
     });
   } finally {
+    stall.abort();
     await log.nc.close().catch(ignore);
   }
 }
 
 function ignore(): void {}
+
+/** A Subscribe client on the session that reads its first event and then nothing more. */
+async function openStalledClient(ctx: Ctx, sessionId: string, signal: AbortSignal): Promise<void> {
+  const { ticket } = await ctx.tickets.issue({ userId: "bench", cloudAgentSessionId: sessionId });
+  const it = ctx.client
+    .subscribe({ cloudAgentSessionId: sessionId, ticket }, { signal })
+    [Symbol.asyncIterator]();
+  await withTimeout(it.next(), 30_000, "the stalled client's first event");
+  signal.addEventListener("abort", () => void it.return?.().catch(ignore), { once: true });
+}
 
 function publishDirect(
   log: JetStreamEventLog,
@@ -470,17 +491,24 @@ async function storeEvents(
   return { firstId: firstId ?? 1n, ms: performance.now() - t0 };
 }
 
-async function replayService(ctx: Ctx, sessionId: string, fromId: bigint, count: number): Promise<number> {
+async function replayService(
+  ctx: Ctx,
+  sessionId: string,
+  fromId: bigint,
+  count: number,
+  batch: boolean,
+): Promise<number> {
   const { ticket } = await ctx.tickets.issue({ userId: "bench", cloudAgentSessionId: sessionId });
   const abort = new AbortController();
   const t0 = performance.now();
   let got = 0;
   try {
     for await (const res of ctx.client.subscribe(
-      { cloudAgentSessionId: sessionId, ticket, fromId },
+      { cloudAgentSessionId: sessionId, ticket, fromId, batch },
       { signal: AbortSignal.any([abort.signal, AbortSignal.timeout(120_000)]) },
     )) {
-      if (res.event && ++got === count) break;
+      got += res.event ? 1 : res.events.length;
+      if (got >= count) break;
     }
   } finally {
     abort.abort();
@@ -686,6 +714,7 @@ async function main(): Promise<void> {
 
   if (PHASES.has("latency")) await latencySection(ctx);
   if (PHASES.has("replay")) await replaySection(ctx);
+  if (PHASES.has("postgres")) await postgresSection(ctx);
   if (PHASES.has("open")) await openSection(ctx);
   await gw.child.stop();
   if (PHASES.has("idle")) await idleSection(ctx, secret);
@@ -712,6 +741,14 @@ async function latencySection(ctx: Ctx): Promise<void> {
       });
     }
     phases.push({ label: "service: emit() → Subscribe client", variant: "service", perSecond, sessions: 1 });
+    if (perSecond < 10_000) {
+      phases.push({
+        label: "service, beside a stalled Subscribe client on the same session",
+        variant: "stalled",
+        perSecond,
+        sessions: 1,
+      });
+    }
     if (perSecond >= 10_000) {
       phases.push({ label: "service, over 10 executions", variant: "service", perSecond, sessions: 10 });
       phases.push({
@@ -767,16 +804,23 @@ async function replaySection(ctx: Ctx): Promise<void> {
   progress(`replay: storing ${REPLAY_EVENTS} events in one session`);
   const replaySession = newSessionId();
   const stored = await storeEvents(ctx, replaySession, REPLAY_EVENTS);
-  const replay: { raw: number[]; service: number[]; read: number[] } = { raw: [], service: [], read: [] };
+  const replay: { raw: number[]; service: number[]; single: number[]; read: number[] } = {
+    raw: [],
+    service: [],
+    single: [],
+    read: [],
+  };
   for (let round = 0; round < REPLAY_ROUNDS; round++) {
     progress(`replay round ${round + 1}/${REPLAY_ROUNDS}`);
     replay.raw.push(await replayRaw(ctx, replaySession, stored.firstId, REPLAY_EVENTS));
-    replay.service.push(await replayService(ctx, replaySession, stored.firstId - 1n, REPLAY_EVENTS));
+    replay.service.push(await replayService(ctx, replaySession, stored.firstId - 1n, REPLAY_EVENTS, true));
+    replay.single.push(await replayService(ctx, replaySession, stored.firstId - 1n, REPLAY_EVENTS, false));
     replay.read.push(await replayLogRead(ctx, replaySession, stored.firstId - 1n, REPLAY_EVENTS));
   }
   const readRate = (REPLAY_EVENTS * 1000) / median(replay.read);
   const rawRate = (REPLAY_EVENTS * 1000) / median(replay.raw);
   const svcRate = (REPLAY_EVENTS * 1000) / median(replay.service);
+  const singleRate = (REPLAY_EVENTS * 1000) / median(replay.single);
   console.log(
     `\n## Replay of ${REPLAY_EVENTS} stored events from fromId (median of ${REPLAY_ROUNDS}). Goal: ≥ 200k ev/s\n`,
   );
@@ -785,10 +829,16 @@ async function replaySection(ctx: Ctx): Promise<void> {
     [
       ["raw ordered consumer (StartSequence)", replay.raw.map((t) => ms(t)).join(", "), rate(rawRate), ""],
       [
-        "service: Subscribe{fromId} client",
+        "service: Subscribe{fromId, batch} client",
         replay.service.map((t) => ms(t)).join(", "),
         rate(svcRate),
         ratio(svcRate, rawRate),
+      ],
+      [
+        "service: Subscribe{fromId} client, one event per message (old clients)",
+        replay.single.map((t) => ms(t)).join(", "),
+        rate(singleRate),
+        ratio(singleRate, rawRate),
       ],
       [
         "diagnostic: JetStreamEventLog.read() in-process, no gateway",
@@ -800,6 +850,66 @@ async function replaySection(ctx: Ctx): Promise<void> {
   );
   console.log(
     `(storing them took ${ms(stored.ms)}: ${rate((REPLAY_EVENTS * 1000) / stored.ms)} with 256 publishes in flight)`,
+  );
+}
+
+/**
+ * The embedded event log (PostgresEventLog on the local PostgreSQL): publish rates one at a
+ * time (what the old emitter did) and through ExecutionEvents (pipelined, batched), and
+ * replay rates of the stored bytes and of decoded events.
+ */
+async function postgresSection(ctx: Ctx): Promise<void> {
+  const n = Math.min(REPLAY_EVENTS, 50_000);
+  const single = 500;
+  progress(`postgres: ${single} publishes one at a time, then ${n} through ExecutionEvents`);
+  const db = await createTestDatabase("kc_bench_events");
+  cleanups.push(() => db.drop());
+  const log = await PostgresEventLog.connect({ connectionString: db.url, pruneIntervalMs: 0 });
+  cleanups.push(() => log.close());
+  const sessionId = newSessionId();
+  const executionId = newExecutionId();
+  const payload = (k: number) => ctx.payloads[k % ctx.payloads.length]!;
+  let t0 = performance.now();
+  for (let i = 0; i < single; i++) {
+    const event = create(EventSchema, {
+      cloudAgentSessionId: sessionId,
+      executionId,
+      timestamp: timestampNow(),
+      payload: { case: "kilocode", value: { payload: payload(i) } },
+    });
+    await log.publish({ event, msgId: `${executionId}:single:${i}` });
+  }
+  const oneRate = (single * 1000) / (performance.now() - t0);
+  const quiet = createLogger({ service: "bench-producer", level: "silent" });
+  const emitter = new ExecutionEvents(log, sessionId, executionId, quiet, ctx.masker);
+  t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    emitter.emit({ case: "kilocode", value: { payload: payload(i) } });
+    await emitter.backpressure();
+  }
+  await emitter.flush();
+  const pipeRate = (n * 1000) / (performance.now() - t0);
+  const total = n + single;
+  const timeRead = async (stored: boolean) => {
+    const start = performance.now();
+    let got = 0;
+    if (stored) for await (const page of log.readStored(sessionId, { storedOnly: true })) got += page.length;
+    else for await (const _ of log.read(sessionId, { storedOnly: true })) got++;
+    if (got !== total) throw new Error(`postgres replay delivered ${got} of ${total}`);
+    return (total * 1000) / (performance.now() - start);
+  };
+  const storedRate = await timeRead(true);
+  const decodedRate = await timeRead(false);
+  await log.close();
+  console.log(`\n## Embedded Postgres event log (${total} events in one session)\n`);
+  printTable(
+    ["operation", "rate"],
+    [
+      ["publish, one at a time (awaiting each)", rate(oneRate)],
+      ["publish through ExecutionEvents (window 256, batched statements)", rate(pipeRate)],
+      ["replay: readStored (stored bytes, pages of 2048)", rate(storedRate)],
+      ["replay: read (decoded events)", rate(decodedRate)],
+    ],
   );
 }
 

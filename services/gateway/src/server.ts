@@ -26,7 +26,7 @@ import {
   upstreamError,
 } from "./handlers/forward.js";
 import { createStreamTickets } from "./handlers/stream-tickets.js";
-import { subscribeHandler } from "./handlers/subscribe.js";
+import { STREAM_HANDLER_OPTIONS, subscribeHandler } from "./handlers/subscribe.js";
 import { streamTicketRoute } from "./handlers/ticket-route.js";
 import { withHostedApiTokens, withHostedTickets } from "./hosted/hosted-auth.js";
 import { hostedApi } from "./hosted/mount.js";
@@ -138,20 +138,24 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
       }),
     );
     const events = deps.events;
-    router.service(StreamService, {
-      subscribe: events
-        ? subscribeHandler({
-            events,
-            tickets,
-            verifyUser,
-            keepaliveMs: deps.keepaliveMs ?? 15_000,
-            checkOwner,
-          })
-        : // biome-ignore lint/correctness/useYield: no event log configured
-          async function* () {
-            throw new ConnectError("streaming is not configured on this gateway", Code.Unimplemented);
-          },
-    });
+    router.service(
+      StreamService,
+      {
+        subscribe: events
+          ? subscribeHandler({
+              events,
+              tickets,
+              verifyUser,
+              keepaliveMs: deps.keepaliveMs ?? 15_000,
+              checkOwner,
+            })
+          : // biome-ignore lint/correctness/useYield: no event log configured
+            async function* () {
+              throw new ConnectError("streaming is not configured on this gateway", Code.Unimplemented);
+            },
+      },
+      STREAM_HANDLER_OPTIONS,
+    );
   };
 
   // The hosted product's clients: /trpc and the /stream WebSocket, on this same port.

@@ -1,4 +1,5 @@
 import type { Event } from "@kilo-cloud/proto";
+import type { StoredEvent } from "./stored-event.js";
 
 /** The `streamEventType` of an event, as used in subjects and filters. */
 export type EventTypeName = NonNullable<Event["payload"]["case"]>;
@@ -35,8 +36,20 @@ export interface ReadOptions {
  * the log still holds fails with OUT_OF_RANGE rather than skipping silently.
  */
 export interface EventLog {
+  /**
+   * Stores one event. Calls may overlap: the log stores overlapping publishes in the order
+   * they were called, so a producer may pipeline them without awaiting each one.
+   */
   publish(input: PublishInput): Promise<PublishResult>;
+  /** The events decoded, one at a time (see `readStored`). */
   read(sessionId: string, opts?: ReadOptions): AsyncIterable<Event>;
+  /**
+   * The same events as `read`, as the stored bytes, in batches of whatever is already at
+   * hand (several during a replay or a burst, one when live and quiet): the fast path of
+   * readers that forward events without looking inside them. The reader pulls from the
+   * log at its own pace: a slow one holds a bounded buffer and delays nobody else.
+   */
+  readStored(sessionId: string, opts?: ReadOptions): AsyncIterable<StoredEvent[]>;
   /**
    * Durable, at-least-once delivery of every session's events of the given types to
    * `handler`, remembered under `name` across restarts (a handler that throws gets the

@@ -8,6 +8,7 @@ import {
   JetStreamApiError,
   type JetStreamClient,
   type JetStreamManager,
+  type JsMsg,
   jetstream,
   jetstreamManager,
   RetentionPolicy,
@@ -24,6 +25,8 @@ import {
   type PublishResult,
   type ReadOptions,
 } from "./event-log.js";
+import { OrderedPublisher } from "./ordered-publisher.js";
+import { decodeStored, type StoredEvent } from "./stored-event.js";
 
 export interface JetStreamEventLogOptions {
   servers: string | string[];
@@ -44,7 +47,15 @@ export interface JetStreamEventLogOptions {
    * the stream (sandbox-manager); the others bind to it with `false`.
    */
   provision?: boolean;
+  /** How long one publish attempt waits for its acknowledgement (default 5 s). */
+  publishTimeoutMs?: number;
 }
+
+/** Most bytes a reader pulls ahead of what it has handed on (bounds a slow reader's memory). */
+const READ_AHEAD_BYTES = 1024 * 1024;
+/** Most events handed on in one batch by `readStored`. */
+const MAX_BATCH = 512;
+const LATER = Symbol("later");
 
 const NS = 1_000_000;
 /** How long a durable consumer waits for an ack before redelivering an event. */
@@ -87,12 +98,26 @@ export async function provisionStream(jsm: JetStreamManager, opts: JetStreamEven
 }
 
 export class JetStreamEventLog implements EventLog {
+  private readonly publisher: OrderedPublisher;
+
   private constructor(
     readonly nc: NatsConnection,
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
     private readonly opts: JetStreamEventLogOptions,
-  ) {}
+  ) {
+    const timeout = opts.publishTimeoutMs ?? 5_000;
+    this.publisher = new OrderedPublisher({
+      send: async (subject, data, msgID) => {
+        const ack = await this.js.publish(subject, data, { msgID, timeout });
+        return { seq: BigInt(ack.seq), duplicate: ack.duplicate };
+      },
+      closed: () => this.nc.isClosed(),
+      // Retries stay well inside the duplicate window, so a late retry is still deduplicated.
+      retryForMs: Math.min(60_000, (opts.duplicateWindowMs ?? 120_000) / 2),
+    });
+    void this.watchConnection();
+  }
 
   static async connect(opts: JetStreamEventLogOptions): Promise<JetStreamEventLog> {
     const nc = await connect({
@@ -120,23 +145,28 @@ export class JetStreamEventLog implements EventLog {
     return `${this.opts.subjectPrefix ?? "kilo.events"}.${sessionId}.${type}`;
   }
 
-  async publish({ event, msgId }: PublishInput): Promise<PublishResult> {
-    const subject = this.subject(event.cloudAgentSessionId, eventTypeOf(event));
-    const data = toBinary(EventSchema, { ...event, id: 0n });
-    // Retried until the server answers: with the message id, a retry after a lost ack
-    // stores nothing twice.
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const ack = await this.js.publish(subject, data, { msgID: msgId, timeout: 5_000 });
-        return { id: BigInt(ack.seq), duplicate: ack.duplicate };
-      } catch (err) {
-        if (attempt >= 20 || this.nc.isClosed()) throw err;
-        await new Promise((r) => setTimeout(r, Math.min(100 * 2 ** attempt, 2_000)));
-      }
+  /** Tells the publisher when the connection drops and comes back (see OrderedPublisher). */
+  private async watchConnection(): Promise<void> {
+    for await (const s of this.nc.status()) {
+      if (s.type === "disconnect") this.publisher.disconnected();
+      else if (s.type === "reconnect") this.publisher.reconnected();
     }
   }
 
+  async publish({ event, msgId }: PublishInput): Promise<PublishResult> {
+    const subject = this.subject(event.cloudAgentSessionId, eventTypeOf(event));
+    const data = toBinary(EventSchema, { ...event, id: 0n });
+    const sent = await this.publisher.publish(subject, data, msgId);
+    return { id: sent.seq, duplicate: sent.duplicate };
+  }
+
   async *read(sessionId: string, opts: ReadOptions = {}): AsyncIterable<Event> {
+    for await (const batch of this.readStored(sessionId, opts)) {
+      for (const stored of batch) yield decodeStored(stored);
+    }
+  }
+
+  async *readStored(sessionId: string, opts: ReadOptions = {}): AsyncIterable<StoredEvent[]> {
     const info = await this.jsm.streams.info(this.streamName);
     const firstSeq = BigInt(info.state.first_seq);
     const lastSeq = BigInt(info.state.last_seq);
@@ -157,19 +187,62 @@ export class JetStreamEventLog implements EventLog {
         : { deliver_policy: DeliverPolicy.All }),
     });
     if (opts.storedOnly && (await consumer.info(true)).num_pending === 0) return;
-    const messages = await consumer.consume({ max_messages: 512 });
+    // Pulled by bytes: a reader that does not keep up holds at most this much, and the
+    // server keeps the rest.
+    const messages = await consumer.consume({ max_bytes: READ_AHEAD_BYTES });
+    const it = messages[Symbol.asyncIterator]();
     const stop = () => void messages.close();
     opts.signal?.addEventListener("abort", stop, { once: true });
+    const typeAt = this.subject(sessionId, "").length;
+    let next: Promise<IteratorResult<JsMsg>> | undefined = it.next();
     try {
-      for await (const m of messages) {
-        const event = fromBinary(EventSchema, m.data);
-        event.id = BigInt(m.seq);
-        yield event;
-        if (opts.storedOnly && m.info.pending === 0) return;
+      for (;;) {
+        let r = await next;
+        next = undefined;
+        if (r.done) return;
+        // Then whatever has already arrived: anything queued resolves within microtasks,
+        // before the next turn of the event loop (`later`); the rest waits for next time.
+        const later = new Promise<typeof LATER>((resolve) => setImmediate(() => resolve(LATER)));
+        const batch: StoredEvent[] = [];
+        let end = false;
+        for (;;) {
+          const m = r.value;
+          batch.push({
+            id: BigInt(m.seq),
+            type: m.subject.slice(typeAt) as EventTypeName,
+            data: m.data,
+            behind: m.info.pending,
+          });
+          if (opts.storedOnly && m.info.pending === 0) {
+            end = true;
+            break;
+          }
+          const more = it.next();
+          if (batch.length >= MAX_BATCH) {
+            next = more;
+            break;
+          }
+          const got = await Promise.race([more, later]);
+          if (got === LATER) {
+            next = more;
+            break;
+          }
+          r = got;
+          if (r.done) {
+            end = true;
+            break;
+          }
+        }
+        yield batch;
+        if (end) return;
+        next ??= it.next();
       }
     } finally {
       opts.signal?.removeEventListener("abort", stop);
-      await messages.close();
+      // Closing ends a pending next() (done), so the iterator can then be returned.
+      const closing = messages.close();
+      await it.return?.();
+      await closing;
     }
   }
 

@@ -6,6 +6,7 @@ import { type Event, EventSchema } from "@kilo-cloud/proto";
 import type pg from "pg";
 import type { Logger } from "../logger.js";
 import { createPool, migrate } from "../pg.js";
+import { BatchPublisher } from "./batch-publisher.js";
 import {
   type EventLog,
   type EventTypeName,
@@ -14,6 +15,7 @@ import {
   type PublishResult,
   type ReadOptions,
 } from "./event-log.js";
+import { decodeStored, type StoredEvent } from "./stored-event.js";
 
 export const EVENTS_MIGRATIONS_DIR = fileURLToPath(new URL("./migrations", import.meta.url));
 
@@ -49,8 +51,12 @@ export interface PostgresEventLogOptions {
   consumerLeaseMs?: number;
   /** Delay before a handler that threw gets the event again (default 1 s, doubling up to 30 s). */
   consumerRetryMs?: number;
-  /** Events fetched per query (default 256). */
+  /** Events fetched per query by consumers (default 256). */
   batchSize?: number;
+  /** Events fetched per query by readers (default 2048): replay goes in large pages. */
+  readPageSize?: number;
+  /** Most events stored per statement (default 256); a burst goes in batches of up to this. */
+  publishBatchSize?: number;
   /** Apply the migrations of schema `events` first (default true). */
   migrate?: boolean;
   logger?: Logger;
@@ -143,7 +149,16 @@ interface PageRow {
   first_id: string;
   head: string;
   id: string | null;
+  type: string | null;
   payload: Buffer | null;
+}
+
+interface PublishRow {
+  sessionId: string;
+  executionId: string;
+  type: EventTypeName;
+  payload: Buffer;
+  msgId: string;
 }
 
 /**
@@ -155,10 +170,10 @@ interface PageRow {
 const READ_PAGE = `
   SELECT (SELECT first_id FROM events.retention) AS first_id,
          (SELECT coalesce(max(id), 0) FROM events.events) AS head,
-         e.id, e.payload
+         e.id, e.type, e.payload
   FROM (VALUES (1)) AS one (x)
   LEFT JOIN LATERAL (
-    SELECT id, payload FROM events.events WHERE session_id = $1 AND id > $2 ORDER BY id LIMIT $3
+    SELECT id, type, payload FROM events.events WHERE session_id = $1 AND id > $2 ORDER BY id LIMIT $3
   ) e ON true
   ORDER BY e.id`;
 
@@ -240,12 +255,21 @@ export class PostgresEventLog implements EventLog {
   private polling = false;
   private lastSeen: bigint | undefined;
   private closed = false;
+  private readonly publisher: BatchPublisher<PublishRow, PublishResult>;
 
   private constructor(
     readonly pool: pg.Pool,
     private readonly ownsPool: boolean,
     private readonly opts: PostgresEventLogOptions,
-  ) {}
+  ) {
+    this.publisher = new BatchPublisher({
+      store: (rows) => this.storeBatch(rows),
+      transient,
+      maxBatch: opts.publishBatchSize ?? 256,
+      sleep: (ms) => sleep(ms, this.closing.signal),
+      closed: () => this.closed,
+    });
+  }
 
   static async connect(opts: PostgresEventLogOptions): Promise<PostgresEventLog> {
     const pool = opts.pool ?? (opts.connectionString ? createPool(opts.connectionString) : undefined);
@@ -270,30 +294,52 @@ export class PostgresEventLog implements EventLog {
     return this.opts.batchSize ?? 256;
   }
 
-  async publish({ event, msgId }: PublishInput): Promise<PublishResult> {
-    const type = eventTypeOf(event);
+  /**
+   * Queued and stored in call order, in batches: everything published while the previous
+   * batch was being stored goes in the next statement (see BatchPublisher).
+   */
+  publish({ event, msgId }: PublishInput): Promise<PublishResult> {
     const data = toBinary(EventSchema, { ...event, id: 0n });
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const { rows } = await this.pool.query<{ event_id: string; duplicate: boolean }>(
-          "SELECT event_id, duplicate FROM events.publish($1, $2, $3, $4, $5)",
-          [event.cloudAgentSessionId, event.executionId, type, Buffer.from(data), msgId],
-        );
-        const row = rows[0];
-        if (!row) throw new Error("events.publish returned nothing");
-        // The NOTIFY reaches other processes; readers in this one need not wait for it.
-        if (!row.duplicate && this.mode === "poll") this.hub.wake(type, event.cloudAgentSessionId);
-        return { id: BigInt(row.event_id), duplicate: row.duplicate };
-      } catch (err) {
-        // With the message id, a retry after a lost answer stores nothing twice.
-        if (attempt >= 10 || this.closed || !transient(err)) throw err;
-        await sleep(Math.min(100 * 2 ** attempt, 2_000), this.closing.signal);
-      }
+    return this.publisher.publish({
+      sessionId: event.cloudAgentSessionId,
+      executionId: event.executionId,
+      type: eventTypeOf(event),
+      payload: Buffer.from(data.buffer, data.byteOffset, data.byteLength),
+      msgId,
+    });
+  }
+
+  private async storeBatch(rows: PublishRow[]): Promise<PublishResult[]> {
+    const { rows: out } = await this.pool.query<{ ord: number; event_id: string; duplicate: boolean }>(
+      "SELECT ord, event_id, duplicate FROM events.publish_batch($1, $2, $3, $4, $5)",
+      [
+        rows.map((r) => r.sessionId),
+        rows.map((r) => r.executionId),
+        rows.map((r) => r.type),
+        rows.map((r) => r.payload),
+        rows.map((r) => r.msgId),
+      ],
+    );
+    if (out.length !== rows.length) throw new Error("events.publish_batch answered the wrong number of rows");
+    const results = out.map((r) => ({ id: BigInt(r.event_id), duplicate: r.duplicate }));
+    // The NOTIFY reaches other processes; readers in this one need not wait for it.
+    if (this.mode === "poll") {
+      rows.forEach((r, i) => {
+        if (!results[i]?.duplicate) this.hub.wake(r.type, r.sessionId);
+      });
     }
+    return results;
   }
 
   async *read(sessionId: string, opts: ReadOptions = {}): AsyncIterable<Event> {
+    for await (const page of this.readStored(sessionId, opts)) {
+      for (const stored of page) yield decodeStored(stored);
+    }
+  }
+
+  async *readStored(sessionId: string, opts: ReadOptions = {}): AsyncIterable<StoredEvent[]> {
     const signal = opts.signal ? AbortSignal.any([opts.signal, this.closing.signal]) : this.closing.signal;
+    const pageSize = this.opts.readPageSize ?? 2048;
     let pos = opts.fromId ?? 0n;
     // Without a fromId, the first page starts at the oldest retained event, whatever it is.
     let checkRange = opts.fromId !== undefined;
@@ -303,26 +349,23 @@ export class PostgresEventLog implements EventLog {
       while (!signal.aborted) {
         const seen = watch.version;
         pos = max(pos, watch.pos);
-        const { rows } = await this.pool.query<PageRow>(READ_PAGE, [
-          sessionId,
-          pos.toString(),
-          this.batchSize,
-        ]);
+        const { rows } = await this.pool.query<PageRow>(READ_PAGE, [sessionId, pos.toString(), pageSize]);
         const firstId = BigInt(rows[0]?.first_id ?? "1");
         if (checkRange && pos + 1n < firstId) throw outOfRange(pos, firstId, first);
         checkRange = true;
         first = false;
-        let n = 0;
+        const page: StoredEvent[] = [];
         for (const row of rows) {
           if (row.id === null || row.payload === null) continue;
-          n++;
-          const event = fromBinary(EventSchema, row.payload);
-          event.id = BigInt(row.id);
-          pos = event.id;
-          watch.pos = max(watch.pos, pos);
-          yield event;
+          page.push({ id: BigInt(row.id), type: row.type as EventTypeName, data: row.payload });
         }
-        if (n < this.batchSize) {
+        const last = page.at(-1);
+        if (last) {
+          pos = last.id;
+          watch.pos = max(watch.pos, pos);
+          yield page;
+        }
+        if (page.length < pageSize) {
           // Everything up to the head is final (ids commit in order): nothing of this
           // session is hiding below it, so the cursor may move there.
           pos = max(pos, max(BigInt(rows[0]?.head ?? "0"), firstId - 1n));

@@ -90,6 +90,7 @@ export async function readUntilIdle(
   let keepalives = 0;
   for await (const res of subscribe(stream, req, { timeoutMs: opts.timeoutMs ?? 30_000 })) {
     if (res.event) out.push(res.event);
+    else if (res.events.length > 0) out.push(...res.events);
     else if (res.keepalive && (out.length > 0 || ++keepalives >= (opts.emptyAfter ?? 3))) break;
   }
   return out;

@@ -1,5 +1,6 @@
-import { Code } from "@connectrpc/connect";
-import { type Event, EventType } from "@kilo-cloud/proto";
+import { Code, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { type Event, EventType, StreamService } from "@kilo-cloud/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type FullStack, startFullStack } from "../support/full-stack.js";
 import {
@@ -163,5 +164,39 @@ describe("Subscribe (kilo replayer)", { timeout: 120_000 }, () => {
     const all = await read({ fromId: last });
     expect(all.filter((e) => e.payload.case === "complete").map((e) => e.id)).toEqual(ids(live));
     expect(new Set(all.map((e) => e.executionId))).toEqual(new Set([third.executionId]));
+  });
+
+  it("batched, JSON and one-per-message streams deliver the same events, filters included", async () => {
+    const { cloudAgentSessionId, executions, events } = await sessionWithRuns(2);
+    const alice = stack.sessions("alice");
+    const json = createClient(
+      StreamService,
+      createConnectTransport({ baseUrl: stack.gatewayUrl, httpVersion: "1.1", useBinaryFormat: false }),
+    );
+    const ticket = async () => (await alice.createStreamTicket({ cloudAgentSessionId })).ticket;
+    const binary = stack.stream("alice");
+    const all = { cloudAgentSessionId };
+    const one = { cloudAgentSessionId, executionIds: [executions[1]!], eventTypes: [EventType.KILOCODE] };
+
+    // Batches really carry several events while a backlog exists (a stored replay).
+    let largest = 0;
+    for await (const res of subscribe(binary, { ...all, batch: true }, { timeoutMs: 30_000 })) {
+      largest = Math.max(largest, res.events.length);
+      expect(res.event).toBeUndefined();
+      if (largest > 1 || res.keepalive) break;
+    }
+    expect(largest).toBeGreaterThan(1);
+
+    for (const filter of [all, one]) {
+      const expected =
+        filter === all
+          ? events
+          : events.filter((e) => e.executionId === executions[1] && e.payload.case === "kilocode");
+      expect(expected.length).toBeGreaterThan(0);
+      expect(await readUntilIdle(binary, filter)).toEqual(expected);
+      expect(await readUntilIdle(binary, { ...filter, batch: true })).toEqual(expected);
+      expect(await readUntilIdle(json, { ...filter, ticket: await ticket() })).toEqual(expected);
+      expect(await readUntilIdle(json, { ...filter, batch: true, ticket: await ticket() })).toEqual(expected);
+    }
   });
 });

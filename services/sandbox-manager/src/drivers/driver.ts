@@ -27,8 +27,12 @@ export interface ExecRequest {
   env: Record<string, string>;
   /** Written to stdin, which is then closed; stdin is empty when absent. */
   stdin?: string | Uint8Array;
-  onStdout?: (chunk: Uint8Array) => void;
-  onStderr?: (chunk: Uint8Array) => void;
+  /**
+   * Output as it comes. A callback that returns a promise applies back-pressure: the
+   * driver reads no more of that stream until the promise settles.
+   */
+  onStdout?: (chunk: Uint8Array) => void | Promise<void>;
+  onStderr?: (chunk: Uint8Array) => void | Promise<void>;
 }
 
 export interface ExecResult {

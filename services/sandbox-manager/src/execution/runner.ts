@@ -302,13 +302,16 @@ export class ExecutionRunner {
         cwd: workspace,
         env: { ...env, ...kilo.env },
         stdin: req.prompt,
+        // While the event publisher's window is full, kilo's output waits in its pipe.
         onStdout: (chunk) => {
           lastOutput = Date.now();
           for (const l of out.push(chunk)) onStdout(l.text);
+          return ev.backpressure();
         },
         onStderr: (chunk) => {
           lastOutput = Date.now();
           for (const l of errLines.push(chunk)) onStderr(l.text);
+          return ev.backpressure();
         },
       });
       entry.handle = handle;

@@ -78,8 +78,8 @@ export function driverContract(
         argv: ["sh", "-c", "echo to-out; echo to-err >&2; exit 3"],
         cwd: "/workspace",
         env: PATH_ENV,
-        onStdout: (c) => out.push(Buffer.from(c).toString()),
-        onStderr: (c) => err.push(Buffer.from(c).toString()),
+        onStdout: (c) => void out.push(Buffer.from(c).toString()),
+        onStderr: (c) => void err.push(Buffer.from(c).toString()),
       });
       expect(handle.id).toMatch(/^proc_\d+$/);
       expect(await handle.result).toEqual({ exitCode: 3, signal: null, killed: false });

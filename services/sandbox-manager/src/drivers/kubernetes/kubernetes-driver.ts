@@ -425,8 +425,8 @@ export class KubernetesDriver implements Driver {
     argv: string[],
     io: {
       stdin?: PassThrough | undefined;
-      onStdout: (chunk: Buffer) => void;
-      onStderr: (chunk: Buffer) => void;
+      onStdout: (chunk: Buffer) => void | Promise<void>;
+      onStderr: (chunk: Buffer) => void | Promise<void>;
       onEnd: (outcome: { exitCode: number } | { error: string; lost: boolean }) => void;
     },
   ): Promise<{ protocol: string; close(): void }> {
@@ -438,11 +438,17 @@ export class KubernetesDriver implements Driver {
       entry.lastUsed = Date.now();
       io.onEnd(outcome);
     };
-    const sink = (cb: (chunk: Buffer) => void) =>
+    // A callback's promise holds the next write back (back-pressure up the websocket).
+    const sink = (cb: (chunk: Buffer) => void | Promise<void>) =>
       new Writable({
         write(chunk: Buffer, _enc, done) {
-          cb(chunk);
-          done();
+          const wait = cb(chunk);
+          if (wait)
+            wait.then(
+              () => done(),
+              () => done(),
+            );
+          else done();
         },
       });
     entry.running++;
@@ -488,8 +494,8 @@ export class KubernetesDriver implements Driver {
     const err: Buffer[] = [];
     return new Promise((resolve, reject) => {
       this.openExec(entry, argv, {
-        onStdout: (c) => out.push(c),
-        onStderr: (c) => err.push(c),
+        onStdout: (c) => void out.push(c),
+        onStderr: (c) => void err.push(c),
         onEnd: (o) => {
           if ("exitCode" in o) {
             resolve({
@@ -553,10 +559,10 @@ class KubernetesExec implements ExecHandle {
     this.#driver = driver;
     this.#entry = entry;
     const log = driver.logger;
-    const deliver = (cb: ((chunk: Uint8Array) => void) | undefined, chunk: Buffer) => {
+    const deliver = (cb: ExecRequest["onStdout"], chunk: Buffer): void | Promise<void> => {
       if (chunk.length === 0) return;
       try {
-        cb?.(chunk);
+        return cb?.(chunk);
       } catch (err) {
         log?.error({ err, execId: this.id }, "output callback threw");
       }
@@ -598,11 +604,11 @@ class KubernetesExec implements ExecHandle {
         this.#start = start.start;
         this.id = `proc_${start.pid}`;
         resolveStarted();
-        deliver(req.onStdout, head.subarray(nl + 1));
+        return deliver(req.onStdout, head.subarray(nl + 1));
       };
       const onStderr = (chunk: Buffer) => {
         if (!isStarted && stderrHead.length < 4096) stderrHead += chunk.toString("utf8");
-        else deliver(req.onStderr, chunk);
+        else return deliver(req.onStderr, chunk);
       };
       const onEnd = (outcome: { exitCode: number } | { error: string; lost: boolean }) => {
         this.#ended = true;

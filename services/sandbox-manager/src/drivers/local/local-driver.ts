@@ -402,15 +402,27 @@ class LocalExec implements ExecHandle {
     this.#namespaced = namespaced;
     this.id = `proc_${this.#pid}`;
 
-    const deliver = (cb: ((chunk: Uint8Array) => void) | undefined) => (chunk: Buffer) => {
+    // A callback that returns a promise pauses its stream until the promise settles
+    // (back-pressure: the output waits in the pipe, and the process blocks on a full one).
+    let paused = 0;
+    const deliver = (stream: Readable, cb: ExecRequest["onStdout"]) => (chunk: Buffer) => {
       try {
-        cb?.(chunk);
+        const wait = cb?.(chunk);
+        if (!wait) return;
+        paused++;
+        stream.pause();
+        void wait
+          .catch(() => {})
+          .finally(() => {
+            paused--;
+            stream.resume();
+          });
       } catch (err) {
         log?.error({ err, execId: this.id }, "output callback threw");
       }
     };
-    child.stdout.on("data", deliver(req.onStdout));
-    child.stderr.on("data", deliver(req.onStderr));
+    child.stdout.on("data", deliver(child.stdout, req.onStdout));
+    child.stderr.on("data", deliver(child.stderr, req.onStderr));
     // After a successful spawn, errors are about signalling or pipes: the exit still comes.
     child.on("error", (err) => log?.warn({ err, execId: this.id }, "exec process error"));
     // The process may exit without reading its input.
@@ -432,11 +444,17 @@ class LocalExec implements ExecHandle {
         // without, kill what is left of the process group (setsid escapees survive).
         if (!this.#namespaced) sendKill(-this.#pid);
         // Something that escaped may still hold the pipes open: do not wait for it forever.
-        grace = setTimeout(() => {
+        const giveUp = () => {
+          // Output held back by the reader is not what this grace is for: wait for it.
+          if (paused > 0) {
+            grace = setTimeout(giveUp, OUTPUT_GRACE_MS);
+            return;
+          }
           child.stdout.destroy();
           child.stderr.destroy();
           finish();
-        }, OUTPUT_GRACE_MS);
+        };
+        grace = setTimeout(giveUp, OUTPUT_GRACE_MS);
         grace.unref();
       });
       child.once("close", (code, signal) => {
