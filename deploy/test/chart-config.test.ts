@@ -91,7 +91,7 @@ describe("the consistency check itself", () => {
 
   it("catches a required variable the chart does not give", () => {
     const secrets = secretsFor(objects);
-    const { ["stream-ticket-secret"]: _dropped, ...rest } = secrets;
+    const { "stream-ticket-secret": _dropped, ...rest } = secrets;
     // The kubelet would refuse the pod; the loader, given the rest, names the variable.
     const envs = deploymentEnvs(
       render([], ["services.gateway.secretEnv.STREAM_TICKET_SECRET.optional=true"]),

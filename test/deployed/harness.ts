@@ -83,6 +83,11 @@ export interface DeployedOptions {
   env?: Partial<Record<ServiceName, Record<string, string | undefined>>>;
   /** The model's script (default: the scripted model server's default). */
   model?: ModelScript;
+  /**
+   * The services' database (default: a fresh database on the shared test server). A chaos
+   * test that stops PostgreSQL passes a private one (`startPrivatePostgres`).
+   */
+  databaseUrl?: string;
   /** Do not start the processes (the test calls startAll or starts them one by one). */
   deferStart?: boolean;
 }
@@ -168,6 +173,7 @@ export async function startDeployedSystem(opts: DeployedOptions = {}): Promise<D
     cleanup.push(async () => nats[Symbol.asyncDispose]());
     const database = await createTestDatabase("kc_deployed");
     cleanup.push(() => database.drop());
+    const databaseUrl = opts.databaseUrl ?? database.url;
     const model = await startModelServer({
       apiKey: MODEL_KEY,
       ...(opts.model ? { script: opts.model } : {}),
@@ -188,7 +194,7 @@ export async function startDeployedSystem(opts: DeployedOptions = {}): Promise<D
     const sandboxRoot = await mkdtemp(join(tmpdir(), "kc-deployed-"));
     cleanup.push(() => rm(sandboxRoot, { recursive: true, force: true }));
 
-    const secrets = await generateSecrets(database.url, appKey.privateKeyPem);
+    const secrets = await generateSecrets(databaseUrl, appKey.privateKeyPem);
     const envs = deploymentEnvs(renderForTest([...TEST_SETS, ...(opts.sets ?? [])]), secrets);
     const ports = {} as Record<ServiceName, number>;
     for (const s of SERVICES) ports[s] = await freePort();

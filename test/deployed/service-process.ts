@@ -18,7 +18,7 @@ export interface ServiceProcess {
   readonly running: boolean;
   /** Starts it and waits until /readyz answers 200. */
   start(opts?: { readyTimeoutMs?: number }): Promise<void>;
-  /** Sends SIGTERM (or `signal`) and waits for the exit; resolves to the exit code. */
+  /** Sends SIGTERM (or `signal`) and waits for the exit (SIGKILL after 15 s); resolves to the exit code. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
   /** SIGKILL, no graceful shutdown (a crash or an OOM kill). */
   kill(): Promise<void>;
@@ -71,8 +71,18 @@ export function serviceProcess(name: ServiceName, port: number, env: ServiceEnv)
     },
     async stop(signal = "SIGTERM") {
       if (!proc.running) return exited;
-      child?.kill(signal);
-      return exited;
+      const c = child;
+      c?.kill(signal);
+      // A graceful shutdown that hangs is a failure to report, not to wait for forever.
+      const timer = setTimeout(() => {
+        logs.push(`[harness] ${name} did not exit within 15 s of ${signal}: SIGKILL\n`);
+        c?.kill("SIGKILL");
+      }, 15_000);
+      try {
+        return await exited;
+      } finally {
+        clearTimeout(timer);
+      }
     },
     async kill() {
       await proc.stop("SIGKILL");
