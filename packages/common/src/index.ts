@@ -11,3 +11,4 @@ export * from "./net/index.js";
 export * from "./pg.js";
 export * from "./seal.js";
 export * from "./server.js";
+export * from "./server-limits.js";

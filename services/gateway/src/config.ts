@@ -1,4 +1,11 @@
-import { type Env, EnvReader, type UserTokenConfig } from "@kilo-cloud/common";
+import {
+  type Env,
+  EnvReader,
+  readServerLimits,
+  type ServerLimits,
+  type UserTokenConfig,
+} from "@kilo-cloud/common";
+import { DEFAULT_MAX_STREAMS_PER_USER } from "./handlers/stream-slots.js";
 
 export interface GatewayConfig {
   port: number;
@@ -14,6 +21,10 @@ export interface GatewayConfig {
   streamTicketSecret: string;
   /** Deadline of calls to the services behind the gateway. */
   upstreamTimeoutMs: number;
+  /** Open Subscribe streams per user on one gateway replica. */
+  maxStreamsPerUser: number;
+  /** Request size and connection timeouts of the public port. */
+  limits: ServerLimits;
   logLevel: string;
 }
 
@@ -51,6 +62,8 @@ export function loadGatewayConfig(env: Env): Readonly<GatewayConfig> {
     serviceTokenPrivateKey: r.string("SERVICE_TOKEN_PRIVATE_KEY").replace(/\\n/g, "\n"),
     streamTicketSecret,
     upstreamTimeoutMs: r.int("UPSTREAM_TIMEOUT_MS", 15_000, { min: 100 }),
+    maxStreamsPerUser: r.int("MAX_STREAMS_PER_USER", DEFAULT_MAX_STREAMS_PER_USER, { min: 1 }),
+    limits: readServerLimits(r),
     logLevel: r.string("LOG_LEVEL", "info"),
   };
   r.done();

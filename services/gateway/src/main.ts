@@ -5,7 +5,11 @@ import { createGateway } from "./server.js";
 const config = loadGatewayConfig(process.env);
 const logger = createLogger({ service: "gateway", level: config.logLevel });
 const app = await createGateway({ logger, ...config });
-const server = await listen(app.handler, { port: config.port, host: config.host });
+const server = await listen(app.handler, {
+  port: config.port,
+  host: config.host,
+  timeouts: config.limits.timeouts,
+});
 logger.info({ url: server.url }, "gateway listening");
 
 const shutdown = async (signal: string) => {

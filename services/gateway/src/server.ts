@@ -8,7 +8,7 @@ import {
   createObservabilityInterceptor,
   createServiceHandler,
   createServiceTokenSigner,
-  createUserAuthInterceptor,
+  createUserAuthGate,
   createUserTokenVerifier,
   createValidationInterceptor,
   type EventLog,
@@ -16,6 +16,7 @@ import {
   type Logger,
   type NodeRequest,
   type NodeResponse,
+  type ServerLimits,
   type UserTokenConfig,
 } from "@kilo-cloud/common";
 import { CreateStreamTicketResponseSchema, SessionService, StreamService } from "@kilo-cloud/proto";
@@ -26,6 +27,7 @@ import {
   upstreamCallOptions,
   upstreamError,
 } from "./handlers/forward.js";
+import { DEFAULT_MAX_STREAMS_PER_USER, StreamSlots } from "./handlers/stream-slots.js";
 import { createStreamTickets } from "./handlers/stream-tickets.js";
 import { subscribeHandler } from "./handlers/subscribe.js";
 import { streamTicketRoute } from "./handlers/ticket-route.js";
@@ -50,6 +52,10 @@ export interface GatewayDeps {
   /** The event log Subscribe reads (JetStream in production). */
   events?: EventLog;
   keepaliveMs?: number;
+  /** Open Subscribe streams per user on this replica (default 20). */
+  maxStreamsPerUser?: number;
+  /** Request size limit (default 4 MiB); `timeouts` are for `listen`. */
+  limits?: ServerLimits;
 }
 
 export interface GatewayApp {
@@ -71,6 +77,7 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
     createConnectTransport({ baseUrl: deps.sessionServiceUrl, httpVersion: "2", useBinaryFormat: true }),
   );
   const tickets = createStreamTickets(deps.streamTicketSecret);
+  const slots = new StreamSlots(deps.maxStreamsPerUser ?? DEFAULT_MAX_STREAMS_PER_USER);
   const shutdown = new AbortController();
   // Every open stream listens on the shutdown signal; thousands of them are expected.
   setMaxListeners(0, shutdown.signal);
@@ -113,6 +120,7 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
             tickets,
             verifyUser,
             keepaliveMs: deps.keepaliveMs ?? 15_000,
+            slots,
             async checkOwner(userId, cloudAgentSessionId, signal) {
               try {
                 await sessions.getSession(
@@ -133,16 +141,14 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
 
   const handler = createServiceHandler({
     routes,
-    interceptors: [
-      createObservabilityInterceptor(deps.logger, metrics),
-      createUserAuthInterceptor({
-        verify: verifyUser,
-        internalApiKey: deps.internalApiKey,
-        internalMethods: INTERNAL_METHODS,
-        publicMethods: PUBLIC_METHODS,
-      }),
-      createValidationInterceptor(),
-    ],
+    interceptors: [createObservabilityInterceptor(deps.logger, metrics), createValidationInterceptor()],
+    requestGate: createUserAuthGate({
+      verify: verifyUser,
+      internalApiKey: deps.internalApiKey,
+      internalMethods: INTERNAL_METHODS,
+      publicMethods: PUBLIC_METHODS,
+    }),
+    ...(deps.limits ? { maxRequestBytes: deps.limits.maxRequestBytes } : {}),
     metrics,
     logger: deps.logger,
     shutdownSignal: shutdown.signal,

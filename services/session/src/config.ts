@@ -5,6 +5,7 @@ import {
   parseSealingKeys,
   type SealingKey,
 } from "@kilo-cloud/common";
+import { DEFAULT_EXECUTION_CAPS } from "./dispatch/admission.js";
 
 export interface SessionConfig {
   port: number;
@@ -22,6 +23,9 @@ export interface SessionConfig {
     eventsStream: string;
     eventsSubjectPrefix: string;
     queueMaxWaiting: number;
+    /** Sessions per user / per organization running or waiting to start at once. */
+    maxActivePerUser: number;
+    maxActivePerOrg: number;
     queueExpiryMs: number;
     staleAfterMs: number;
     heartbeatStaleMs: number;
@@ -63,6 +67,10 @@ export function loadSessionConfig(env: Env): Readonly<SessionConfig> {
             eventsStream: r.string("EVENTS_STREAM", "KILO_EVENTS"),
             eventsSubjectPrefix: r.string("EVENTS_SUBJECT_PREFIX", "kilo.events"),
             queueMaxWaiting: r.int("QUEUE_MAX_WAITING", 10, { min: 1, max: 10_000 }),
+            maxActivePerUser: r.int("MAX_RUNNING_PER_USER", DEFAULT_EXECUTION_CAPS.maxActivePerUser, {
+              min: 1,
+            }),
+            maxActivePerOrg: r.int("MAX_RUNNING_PER_ORG", DEFAULT_EXECUTION_CAPS.maxActivePerOrg, { min: 1 }),
             queueExpiryMs: r.int("QUEUE_EXPIRY_MS", 60 * 60_000, { min: 1_000 }),
             staleAfterMs: r.int("EXECUTION_STALE_MS", 10 * 60_000, { min: 1_000 }),
             heartbeatStaleMs: r.int("HEARTBEAT_STALE_MS", 90_000, { min: 1_000 }),

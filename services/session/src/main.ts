@@ -29,7 +29,11 @@ const app = await createSessionService({
           serviceTokenPrivateKey: x.serviceTokenPrivateKey,
           events,
           dispatcher: { queueExpiryMs: x.queueExpiryMs, staleAfterMs: x.staleAfterMs },
-          queue: { maxWaiting: x.queueMaxWaiting, heartbeatStaleMs: x.heartbeatStaleMs },
+          queue: {
+            maxWaiting: x.queueMaxWaiting,
+            heartbeatStaleMs: x.heartbeatStaleMs,
+            caps: { maxActivePerUser: x.maxActivePerUser, maxActivePerOrg: x.maxActivePerOrg },
+          },
           callbackPolicy: x.callbackPolicy,
           allowInsecureGit: x.allowInsecureGit,
           ...(x.callbackSigningSecret

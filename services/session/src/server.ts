@@ -3,7 +3,7 @@ import type { ConnectRouter } from "@connectrpc/connect";
 import {
   createMetricsRegistry,
   createObservabilityInterceptor,
-  createServiceAuthInterceptor,
+  createServiceAuthGate,
   createServiceHandler,
   createServiceTokenVerifier,
   createValidationInterceptor,
@@ -18,6 +18,7 @@ import {
   type SealingKey,
 } from "@kilo-cloud/common";
 import { SessionService } from "@kilo-cloud/proto";
+import { DEFAULT_EXECUTION_CAPS, type ExecutionCaps } from "./dispatch/admission.js";
 import { CallbackOutbox, type CallbackSenderLike } from "./dispatch/callback-outbox.js";
 import { DEFAULT_DISPATCHER_SETTINGS, Dispatcher, type DispatcherSettings } from "./dispatch/dispatcher.js";
 import { startLifecycleConsumer } from "./dispatch/lifecycle.js";
@@ -40,7 +41,7 @@ export interface ExecutionDeps {
   serviceTokenPrivateKey: string;
   events: EventLog;
   dispatcher?: Partial<DispatcherSettings>;
-  queue?: Partial<QueueSettings>;
+  queue?: Partial<Omit<QueueSettings, "caps">> & { caps?: Partial<ExecutionCaps> };
   /** Completion callbacks; without a sender, callbacks are recorded but not sent. */
   callbacks?: CallbackSenderLike;
   /** Where callbacks may go; checked when a session is prepared and again at connect time. */
@@ -81,7 +82,12 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
   let sandbox: SandboxClient | undefined;
   let outbox: CallbackOutbox | undefined;
   let lifecycle: Promise<void> | undefined;
-  const queue: QueueSettings = { maxWaiting: 10, heartbeatStaleMs: 90_000, ...deps.executions?.queue };
+  const queue: QueueSettings = {
+    maxWaiting: 10,
+    heartbeatStaleMs: 90_000,
+    ...deps.executions?.queue,
+    caps: { ...DEFAULT_EXECUTION_CAPS, ...deps.executions?.queue?.caps },
+  };
   const x = deps.executions;
   if (x) {
     sandbox = await createSandboxClient({ baseUrl: x.sandboxUrl, privateKeyPem: x.serviceTokenPrivateKey });
@@ -124,11 +130,8 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
   };
   const handler = createServiceHandler({
     routes,
-    interceptors: [
-      createObservabilityInterceptor(deps.logger, metrics),
-      createServiceAuthInterceptor({ verify, internalMethods: INTERNAL_METHODS }),
-      createValidationInterceptor(),
-    ],
+    interceptors: [createObservabilityInterceptor(deps.logger, metrics), createValidationInterceptor()],
+    requestGate: createServiceAuthGate({ verify, internalMethods: INTERNAL_METHODS }),
     metrics,
     logger: deps.logger,
     readiness: async () => {

@@ -2,6 +2,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { bearerToken, type EventLog, type EventTypeName, type UserTokenVerifier } from "@kilo-cloud/common";
 import { EventType, type SubscribeRequest, type SubscribeResponseSchema } from "@kilo-cloud/proto";
+import type { StreamSlots } from "./stream-slots.js";
 import type { StreamTickets } from "./stream-tickets.js";
 
 const TYPE_NAMES: Record<EventType, EventTypeName | undefined> = {
@@ -23,6 +24,8 @@ export interface SubscribeDeps {
   checkOwner(userId: string, cloudAgentSessionId: string, signal: AbortSignal): Promise<void>;
   /** An idle stream gets a keep-alive message this often (proxies close silent streams). */
   keepaliveMs: number;
+  /** Open streams per user (RESOURCE_EXHAUSTED beyond). */
+  slots: StreamSlots;
 }
 
 const KEEPALIVE = Symbol("keepalive");
@@ -38,8 +41,9 @@ export function subscribeHandler(deps: SubscribeDeps) {
     ctx: HandlerContext,
   ): AsyncGenerator<MessageInitShape<typeof SubscribeResponseSchema>> {
     const sessionId = req.cloudAgentSessionId;
+    let userId: string;
     if (req.ticket !== undefined) {
-      await deps.tickets.verify(req.ticket, sessionId);
+      ({ userId } = await deps.tickets.verify(req.ticket, sessionId));
     } else {
       const token = bearerToken(ctx.requestHeader.get("authorization"));
       if (!token) {
@@ -48,41 +52,56 @@ export function subscribeHandler(deps: SubscribeDeps) {
           Code.Unauthenticated,
         );
       }
-      const { userId } = await deps.verifyUser(token);
+      ({ userId } = await deps.verifyUser(token));
       await deps.checkOwner(userId, sessionId, ctx.signal);
     }
-    const types = new Set(
-      req.eventTypes.map((t) => TYPE_NAMES[t]).filter((t): t is EventTypeName => t !== undefined),
-    );
-    const executions = new Set(req.executionIds);
-    const iterator = deps.events
-      .read(sessionId, { ...(req.fromId !== undefined ? { fromId: req.fromId } : {}), signal: ctx.signal })
-      [Symbol.asyncIterator]();
-    let pending = iterator.next();
-    let timer: NodeJS.Timeout | undefined;
+    const release = deps.slots.acquire(userId);
     try {
-      for (;;) {
-        const next = await Promise.race([
-          pending,
-          new Promise<typeof KEEPALIVE>((resolve) => {
-            timer = setTimeout(() => resolve(KEEPALIVE), deps.keepaliveMs);
-          }),
-        ]);
-        clearTimeout(timer);
-        if (next === KEEPALIVE) {
-          yield { keepalive: true };
-          continue;
-        }
-        if (next.done) return;
-        pending = iterator.next();
-        const event = next.value;
-        if (executions.size > 0 && !executions.has(event.executionId)) continue;
-        if (types.size > 0 && !types.has(event.payload.case as EventTypeName)) continue;
-        yield { event };
-      }
+      yield* follow(deps, req, ctx);
     } finally {
-      clearTimeout(timer);
-      await iterator.return?.();
+      release();
     }
   };
+}
+
+/** The session's events from `fromId` on, filtered, with keep-alives while idle. */
+async function* follow(
+  deps: SubscribeDeps,
+  req: SubscribeRequest,
+  ctx: HandlerContext,
+): AsyncGenerator<MessageInitShape<typeof SubscribeResponseSchema>> {
+  const sessionId = req.cloudAgentSessionId;
+  const types = new Set(
+    req.eventTypes.map((t) => TYPE_NAMES[t]).filter((t): t is EventTypeName => t !== undefined),
+  );
+  const executions = new Set(req.executionIds);
+  const iterator = deps.events
+    .read(sessionId, { ...(req.fromId !== undefined ? { fromId: req.fromId } : {}), signal: ctx.signal })
+    [Symbol.asyncIterator]();
+  let pending = iterator.next();
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    for (;;) {
+      const next = await Promise.race([
+        pending,
+        new Promise<typeof KEEPALIVE>((resolve) => {
+          timer = setTimeout(() => resolve(KEEPALIVE), deps.keepaliveMs);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (next === KEEPALIVE) {
+        yield { keepalive: true };
+        continue;
+      }
+      if (next.done) return;
+      pending = iterator.next();
+      const event = next.value;
+      if (executions.size > 0 && !executions.has(event.executionId)) continue;
+      if (types.size > 0 && !types.has(event.payload.case as EventTypeName)) continue;
+      yield { event };
+    }
+  } finally {
+    clearTimeout(timer);
+    await iterator.return?.();
+  }
 }

@@ -43,6 +43,7 @@ import {
   type SessionRow,
   updateSession,
 } from "../db/sessions.js";
+import { admitExecution, DEFAULT_EXECUTION_CAPS, type ExecutionCaps } from "../dispatch/admission.js";
 import type { Dispatcher } from "../dispatch/dispatcher.js";
 import type { SandboxClient } from "../sandbox/client.js";
 
@@ -51,6 +52,8 @@ export interface QueueSettings {
   maxWaiting: number;
   /** A running execution without a heartbeat for this long shows as STALE. */
   heartbeatStaleMs: number;
+  /** Concurrent runs per user and per organization (RESOURCE_EXHAUSTED beyond). */
+  caps: ExecutionCaps;
 }
 
 export interface SessionHandlerDeps {
@@ -270,7 +273,11 @@ function updateChanges(sealer: Sealer, req: UpdateSessionRequest): SessionChange
 
 export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof SessionService> {
   const { pool } = deps;
-  const queue: QueueSettings = deps.queue ?? { maxWaiting: 10, heartbeatStaleMs: 90_000 };
+  const queue: QueueSettings = deps.queue ?? {
+    maxWaiting: 10,
+    heartbeatStaleMs: 90_000,
+    caps: DEFAULT_EXECUTION_CAPS,
+  };
 
   /** Starts the session's next execution if it can; the id of the one it started. */
   const kick = async (sessionId: string): Promise<string | undefined> => {
@@ -494,6 +501,7 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
               Code.FailedPrecondition,
             );
           }
+          await admitExecution(tx, row, queue.caps);
           const created = await insertExecution(tx, {
             id: newExecutionId(),
             session_id: id,
@@ -542,6 +550,7 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
               `session ${id} has no model; give one with the message`,
               Code.FailedPrecondition,
             );
+          await admitExecution(tx, row, queue.caps);
           const created = await insertExecution(tx, {
             id: newExecutionId(),
             session_id: id,
