@@ -12,6 +12,7 @@ import {
   generateServiceKeyPair,
   listen,
   type Pool,
+  PostgresEventLog,
   type RunningServer,
 } from "@kilo-cloud/common";
 import { SessionService, StreamService } from "@kilo-cloud/proto";
@@ -60,7 +61,12 @@ export interface Stack extends AsyncDisposable {
 export const TEST_ISSUER = "https://kilo.test";
 export const TEST_AUDIENCE = "kilo-cloud-agent";
 
-export async function startStack(): Promise<Stack> {
+export interface StackOptions {
+  /** Serve Subscribe from a PostgresEventLog on the test database, with these settings. */
+  streams?: { keepaliveMs: number; maxStreamsPerUser?: number };
+}
+
+export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const database: TestDatabase = await createTestDatabase();
   const logs: string[] = [];
   const destination = { write: (line: string) => void logs.push(line) };
@@ -76,7 +82,12 @@ export async function startStack(): Promise<Stack> {
   });
   const sessionServer: RunningServer = await listen(session.handler, { port: 0, host: "127.0.0.1" });
   const hs256Secret = randomBytes(32).toString("hex");
+  let events: PostgresEventLog | undefined;
+  if (opts.streams) {
+    events = await PostgresEventLog.connect({ pool, notifications: "listen" });
+  }
   const gateway: GatewayApp = await createGateway({
+    ...(events && opts.streams ? { events, ...opts.streams } : {}),
     logger: createLogger({ service: "gateway", level: "debug", destination }),
     userTokens: { hs256Secret, issuer: TEST_ISSUER, audience: TEST_AUDIENCE },
     internalApiKey: INTERNAL_API_KEY,
@@ -152,6 +163,7 @@ export async function startStack(): Promise<Stack> {
       gateway.close();
       await gatewayServer.close(100);
       await sessionServer.close(100);
+      await events?.close();
       await pool.end();
       await database.drop();
     },
