@@ -221,7 +221,7 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
       .setProtectedHeader({ alg: "HS256" })
       .setSubject(opts.devUser)
       .setIssuedAt()
-      .setExpirationTime("30d")
+      .setExpirationTime("24h") // the gateway accepts at most 24 h; each start writes a new one
       .sign(new TextEncoder().encode(secrets.hs256Secret));
     const url = gatewayServer.url.replace("0.0.0.0", "127.0.0.1");
     const cliConfigPath = join(opts.dataDir, "cli.json");

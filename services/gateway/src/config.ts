@@ -1,4 +1,5 @@
 import {
+  DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
   type Env,
   EnvReader,
   readServerLimits,
@@ -57,6 +58,9 @@ export function loadGatewayConfig(env: Env): Readonly<GatewayConfig> {
       ...(issuer !== undefined ? { issuer } : {}),
       ...(audience !== undefined ? { audience } : {}),
       userIdClaim: r.string("AUTH_USER_ID_CLAIM", "sub"),
+      maxLifetimeSeconds: r.int("AUTH_MAX_TOKEN_LIFETIME_SECONDS", DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, {
+        min: 60,
+      }),
     },
     internalApiKey,
     serviceTokenPrivateKey: r.string("SERVICE_TOKEN_PRIVATE_KEY").replace(/\\n/g, "\n"),
