@@ -29,6 +29,8 @@ export interface SubscribeDeps {
 }
 
 const KEEPALIVE = Symbol("keepalive");
+/** Event ids are signed 64-bit in every event log (Postgres bigint, JetStream sequence). */
+const MAX_EVENT_ID = 2n ** 63n - 1n;
 
 /**
  * StreamService.Subscribe: stored events after `fromId`, then live ones, from one cursor
@@ -41,6 +43,12 @@ export function subscribeHandler(deps: SubscribeDeps) {
     ctx: HandlerContext,
   ): AsyncGenerator<MessageInitShape<typeof SubscribeResponseSchema>> {
     const sessionId = req.cloudAgentSessionId;
+    if (req.fromId !== undefined && req.fromId > MAX_EVENT_ID) {
+      throw new ConnectError(
+        `invalid request: from_id: must be at most ${MAX_EVENT_ID}`,
+        Code.InvalidArgument,
+      );
+    }
     let userId: string;
     if (req.ticket !== undefined) {
       ({ userId } = await deps.tickets.verify(req.ticket, sessionId));

@@ -98,6 +98,17 @@ async function queueState(
   return { queueLength: rows.filter((r) => r.status === "queued").length, ...(running ? { running } : {}) };
 }
 
+/** The page token's parts, exactly as ListSessions writes them. */
+const CURSOR_AT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
+const SESSION_ID = /^agent_[0-9a-f-]{36}$/;
+
+/** A UTC time with microseconds that is a real date (no 30 February). */
+function isCursorTime(at: unknown): at is string {
+  if (typeof at !== "string" || !CURSOR_AT.test(at)) return false;
+  const t = new Date(at);
+  return !Number.isNaN(t.getTime()) && t.toISOString().slice(0, 23) === at.slice(0, 23);
+}
+
 function notFound(id: string): ConnectError {
   return new ConnectError(`session ${id} not found`, Code.NotFound);
 }
@@ -414,8 +425,7 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
             string,
             string,
           ];
-          if (typeof at !== "string" || typeof id !== "string" || Number.isNaN(Date.parse(at)))
-            throw new Error("shape");
+          if (typeof id !== "string" || !SESSION_ID.test(id) || !isCursorTime(at)) throw new Error("shape");
           after = { at, id };
         } catch {
           throw new ConnectError(

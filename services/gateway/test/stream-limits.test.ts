@@ -29,11 +29,14 @@ describe("cap on open streams per user", () => {
     ).cloudAgentSessionId;
 
   /** Opens a stream and waits for its first message (a keep-alive): the stream is open. */
-  const open = async (user: string, cloudAgentSessionId: string) => {
+  const open = async (user: string, cloudAgentSessionId: string, fromId?: bigint) => {
     const abort = new AbortController();
     const it = stack
       .stream(user)
-      .subscribe({ cloudAgentSessionId }, { signal: abort.signal })
+      .subscribe(
+        { cloudAgentSessionId, ...(fromId !== undefined ? { fromId } : {}) },
+        { signal: abort.signal },
+      )
       [Symbol.asyncIterator]();
     const first = await it.next();
     expect(first.done).toBe(false);
@@ -66,5 +69,42 @@ describe("cap on open streams per user", () => {
     b.close();
     c?.close();
     other.close();
+  });
+
+  it("answers INVALID_ARGUMENT to a from_id of 2^63 or more", async () => {
+    const id = await sessionOf("other");
+    for (const fromId of [2n ** 63n, 2n ** 64n - 1n]) {
+      const err = await open("other", id, fromId).then(
+        () => undefined,
+        (e: unknown) => ConnectError.from(e),
+      );
+      expect(err?.code).toBe(Code.InvalidArgument);
+      expect(err?.rawMessage).toContain("from_id");
+    }
+    const ok = await open("other", id, 2n ** 63n - 1n);
+    ok.close();
+  });
+
+  it("answers INVALID_ARGUMENT to page tokens it did not write", async () => {
+    const enc = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url");
+    const odd = [
+      "%%%",
+      enc(["+275760-09-13T00:00:00.000000Z", "agent_123e4567-e89b-12d3-a456-426614174000"]),
+      enc(["1", "agent_123e4567-e89b-12d3-a456-426614174000"]),
+      enc(["2026-01-01T00:00:00.000000Z", "x\u0000y"]),
+      enc(["2026-13-45T99:99:99.999999Z", "agent_123e4567-e89b-12d3-a456-426614174000"]),
+      enc(["2026-02-30T00:00:00.000000Z", "agent_123e4567-e89b-12d3-a456-426614174000"]),
+      enc({ at: 1 }),
+    ];
+    for (const pageToken of odd) {
+      const err = await stack
+        .sessions("other")
+        .listSessions({ pageToken })
+        .then(
+          () => undefined,
+          (e: unknown) => ConnectError.from(e),
+        );
+      expect({ pageToken, code: err?.code }).toEqual({ pageToken, code: Code.InvalidArgument });
+    }
   });
 });
