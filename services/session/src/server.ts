@@ -18,6 +18,7 @@ import {
   type SealingKey,
 } from "@kilo-cloud/common";
 import { SessionService } from "@kilo-cloud/proto";
+import { resealLegacySessions } from "./db/reseal-legacy.js";
 import { DEFAULT_EXECUTION_CAPS, type ExecutionCaps } from "./dispatch/admission.js";
 import { CallbackOutbox, type CallbackSenderLike } from "./dispatch/callback-outbox.js";
 import { DEFAULT_DISPATCHER_SETTINGS, Dispatcher, type DispatcherSettings } from "./dispatch/dispatcher.js";
@@ -77,6 +78,7 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
   const metrics = createMetricsRegistry("session");
   const verify = await createServiceTokenVerifier(deps.serviceTokenPublicKey, SESSION_SERVICE_AUDIENCE);
   const sealer = new Sealer(deps.sealingKeys);
+  await resealLegacySessions(deps.pool, sealer, deps.logger);
   const stop = new AbortController();
   let dispatcher: Dispatcher | undefined;
   let sandbox: SandboxClient | undefined;

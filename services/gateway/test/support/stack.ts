@@ -14,6 +14,7 @@ import {
   type Pool,
   PostgresEventLog,
   type RunningServer,
+  Sealer,
 } from "@kilo-cloud/common";
 import { SessionService, StreamService } from "@kilo-cloud/proto";
 import { createSessionService, migrateSessionSchema } from "@kilo-cloud/session";
@@ -36,6 +37,8 @@ export interface Stack extends AsyncDisposable {
   /** The service-token key pair the gateway signs with and the session service trusts. */
   serviceKeys: { privateKeyPem: string; publicKeyPem: string };
   db: Pool;
+  /** The session service's sealer (to inspect what it stores). */
+  sealer: Sealer;
   logs: string[];
   /** Makes (and remembers) a valid bearer token for the user; call before sessions(). */
   login(userId: string): Promise<string>;
@@ -74,10 +77,11 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const keys = await generateServiceKeyPair();
   const sessionLogger = createLogger({ service: "session", level: "debug", destination });
   await migrateSessionSchema(pool, sessionLogger);
+  const sealingKeys = [{ id: "k1", key: randomBytes(32) }];
   const session = await createSessionService({
     pool,
     logger: sessionLogger,
-    sealingKeys: [{ id: "k1", key: randomBytes(32) }],
+    sealingKeys,
     serviceTokenPublicKey: keys.publicKeyPem,
   });
   const sessionServer: RunningServer = await listen(session.handler, { port: 0, host: "127.0.0.1" });
@@ -135,6 +139,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     hs256Secret,
     serviceKeys: keys,
     db: pool,
+    sealer: new Sealer(sealingKeys),
     logs,
     tokenFor,
     async login(userId: string) {

@@ -85,14 +85,19 @@ export class CallbackOutbox {
   }
 
   /** Claims pending rows by moving them to attempts+1 inside a short transaction. */
-  private async claim(
-    limit: number,
-  ): Promise<
-    Array<{ execution_id: string; session_id: string; payload: CallbackPayload; target: string | null }>
+  private async claim(limit: number): Promise<
+    Array<{
+      execution_id: string;
+      session_id: string;
+      user_id: string;
+      payload: CallbackPayload;
+      target: string | null;
+    }>
   > {
     const { rows } = await this.deps.pool.query<{
       execution_id: string;
       session_id: string;
+      user_id: string;
       payload: CallbackPayload;
       target: string | null;
     }>(
@@ -104,7 +109,7 @@ export class CallbackOutbox {
            SELECT execution_id FROM session.callback_deliveries
            WHERE status = 'pending' AND updated_at < now() - interval '2 minutes' OR (status = 'pending' AND attempts = 0)
            ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-       RETURNING d.execution_id, d.session_id, d.payload, s.callback_target_sealed AS target`,
+       RETURNING d.execution_id, d.session_id, s.user_id, d.payload, s.callback_target_sealed AS target`,
       [limit],
     );
     return rows;
@@ -113,6 +118,7 @@ export class CallbackOutbox {
   private async deliver(row: {
     execution_id: string;
     session_id: string;
+    user_id: string;
     payload: CallbackPayload;
     target: string | null;
   }): Promise<void> {
@@ -128,7 +134,7 @@ export class CallbackOutbox {
     try {
       target = sealer.openJson<CallbackTargetJson>(
         row.target,
-        sealContext(row.session_id, "callback_target"),
+        sealContext({ sessionId: row.session_id, userId: row.user_id }, "callback_target"),
       );
     } catch (err) {
       logger.error(

@@ -69,7 +69,7 @@ export interface SessionHandlerDeps {
   allowInsecureGit?: boolean;
 }
 
-import { sealContext } from "./seal-context.js";
+import { SEAL_VERSION, type SealScope, sealContext } from "./seal-context.js";
 
 export { sealContext };
 
@@ -135,20 +135,21 @@ function secretsToJson(values: Record<string, EncryptedSecret>): Record<string, 
 /** The sealed form of each collection: null when empty (a cleared collection keeps no ciphertext). */
 function sealCollections(
   sealer: Sealer,
-  id: string,
+  scope: SealScope,
   req: Pick<PrepareSessionRequest, "envVars" | "setupCommands" | "mcpServers" | "encryptedSecrets">,
 ): SessionChanges {
   const changes: SessionChanges = {};
   if (req.envVars) {
     const n = Object.keys(req.envVars.values).length;
     changes.env_var_count = n;
-    changes.env_vars_sealed = n > 0 ? sealer.sealJson(req.envVars.values, sealContext(id, "env_vars")) : null;
+    changes.env_vars_sealed =
+      n > 0 ? sealer.sealJson(req.envVars.values, sealContext(scope, "env_vars")) : null;
   }
   if (req.setupCommands) {
     const n = req.setupCommands.values.length;
     changes.setup_command_count = n;
     changes.setup_commands_sealed =
-      n > 0 ? sealer.sealJson(req.setupCommands.values, sealContext(id, "setup_commands")) : null;
+      n > 0 ? sealer.sealJson(req.setupCommands.values, sealContext(scope, "setup_commands")) : null;
   }
   if (req.mcpServers) {
     const entries = Object.entries(req.mcpServers.values);
@@ -157,18 +158,28 @@ function sealCollections(
       entries.length > 0
         ? sealer.sealJson(
             Object.fromEntries(entries.map(([k, v]) => [k, toJson(McpServerSchema, v)])),
-            sealContext(id, "mcp_servers"),
+            sealContext(scope, "mcp_servers"),
           )
         : null;
   }
   if (req.encryptedSecrets) {
-    changes.encrypted_secrets = secretsToJson(req.encryptedSecrets.values);
+    const n = Object.keys(req.encryptedSecrets.values).length;
+    changes.encrypted_secret_count = n;
+    changes.encrypted_secrets_sealed =
+      n > 0
+        ? sealer.sealJson(secretsToJson(req.encryptedSecrets.values), sealContext(scope, "encrypted_secrets"))
+        : null;
   }
   return changes;
 }
 
-function sealToken(sealer: Sealer, id: string, column: string, token: string | undefined): string | null {
-  return token === undefined ? null : sealer.seal(token, sealContext(id, column));
+function sealToken(
+  sealer: Sealer,
+  scope: SealScope,
+  column: string,
+  token: string | undefined,
+): string | null {
+  return token === undefined ? null : sealer.seal(token, sealContext(scope, column));
 }
 
 function newSessionRow(
@@ -180,7 +191,8 @@ function newSessionRow(
 ): NewSession {
   const { sealer } = deps;
   const { id } = ids;
-  const collections = sealCollections(sealer, id, req);
+  const scope = { sessionId: id, userId };
+  const collections = sealCollections(sealer, scope, req);
   return {
     id,
     kilo_session_id: ids.kiloSessionId,
@@ -194,18 +206,24 @@ function newSessionRow(
     model: req.model,
     auto_commit: req.autoCommit ?? null,
     upstream_branch: req.upstreamBranch ?? null,
-    github_token_sealed: sealToken(sealer, id, "github_token", req.githubToken),
-    git_token_sealed: sealToken(sealer, id, "git_token", req.gitToken),
-    kilo_token_sealed: sealToken(sealer, id, "kilo_token", kiloToken),
+    github_token_sealed: sealToken(sealer, scope, "github_token", req.githubToken),
+    git_token_sealed: sealToken(sealer, scope, "git_token", req.gitToken),
+    kilo_token_sealed: sealToken(sealer, scope, "kilo_token", kiloToken),
     env_vars_sealed: collections.env_vars_sealed ?? null,
     env_var_count: collections.env_var_count ?? 0,
-    encrypted_secrets: collections.encrypted_secrets ?? {},
+    encrypted_secrets: {},
+    encrypted_secrets_sealed: collections.encrypted_secrets_sealed ?? null,
+    encrypted_secret_count: collections.encrypted_secret_count ?? 0,
+    seal_version: SEAL_VERSION,
     setup_commands_sealed: collections.setup_commands_sealed ?? null,
     setup_command_count: collections.setup_command_count ?? 0,
     mcp_servers_sealed: collections.mcp_servers_sealed ?? null,
     mcp_server_count: collections.mcp_server_count ?? 0,
     callback_target_sealed: req.callbackTarget
-      ? sealer.sealJson(toJson(CallbackTargetSchema, req.callbackTarget), sealContext(id, "callback_target"))
+      ? sealer.sealJson(
+          toJson(CallbackTargetSchema, req.callbackTarget),
+          sealContext(scope, "callback_target"),
+        )
       : null,
   };
 }
@@ -234,7 +252,7 @@ export function sessionInfo(row: SessionRow, live?: LiveState): SessionInfo {
     ...(row.auto_commit !== null ? { autoCommit: row.auto_commit } : {}),
     ...(row.upstream_branch !== null ? { upstreamBranch: row.upstream_branch } : {}),
     envVarCount: row.env_var_count,
-    encryptedSecretCount: Object.keys(row.encrypted_secrets).length,
+    encryptedSecretCount: row.encrypted_secret_count,
     setupCommandCount: row.setup_command_count,
     mcpServerCount: row.mcp_server_count,
     hasCallbackTarget: row.callback_target_sealed !== null,
@@ -264,10 +282,10 @@ export function sessionInfo(row: SessionRow, live?: LiveState): SessionInfo {
 }
 
 /** The column changes of an UpdateSession request (absent = unchanged, clear = null). */
-function updateChanges(sealer: Sealer, req: UpdateSessionRequest): SessionChanges {
-  const id = req.cloudAgentSessionId;
+function updateChanges(sealer: Sealer, userId: string, req: UpdateSessionRequest): SessionChanges {
+  const scope = { sessionId: req.cloudAgentSessionId, userId };
   const clear = new Set(req.clear);
-  const changes: SessionChanges = sealCollections(sealer, id, req);
+  const changes: SessionChanges = sealCollections(sealer, scope, req);
   if (req.mode !== undefined) changes.mode = req.mode;
   if (clear.has(SessionField.MODE)) changes.mode = null;
   if (req.model !== undefined) changes.model = req.model;
@@ -275,9 +293,10 @@ function updateChanges(sealer: Sealer, req: UpdateSessionRequest): SessionChange
   if (req.autoCommit !== undefined) changes.auto_commit = req.autoCommit;
   if (clear.has(SessionField.AUTO_COMMIT)) changes.auto_commit = null;
   if (req.githubToken !== undefined)
-    changes.github_token_sealed = sealToken(sealer, id, "github_token", req.githubToken);
+    changes.github_token_sealed = sealToken(sealer, scope, "github_token", req.githubToken);
   if (clear.has(SessionField.GITHUB_TOKEN)) changes.github_token_sealed = null;
-  if (req.gitToken !== undefined) changes.git_token_sealed = sealToken(sealer, id, "git_token", req.gitToken);
+  if (req.gitToken !== undefined)
+    changes.git_token_sealed = sealToken(sealer, scope, "git_token", req.gitToken);
   if (clear.has(SessionField.GIT_TOKEN)) changes.git_token_sealed = null;
   return changes;
 }
@@ -381,7 +400,7 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
     async updateSession(req, ctx) {
       const { userId } = requireIdentity(ctx.values);
       const id = req.cloudAgentSessionId;
-      const changes = updateChanges(deps.sealer, req);
+      const changes = updateChanges(deps.sealer, userId, req);
       const row = await db("update the session", () =>
         inTransaction(pool, async (tx) => {
           const current = owned(await findSession(tx, id, { forUpdate: true }), id, userId);
@@ -523,7 +542,9 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
           await markInitiated(
             tx,
             id,
-            kiloToken ? (sealToken(deps.sealer, id, "kilo_token", kiloToken) ?? undefined) : undefined,
+            kiloToken
+              ? (sealToken(deps.sealer, { sessionId: id, userId }, "kilo_token", kiloToken) ?? undefined)
+              : undefined,
           );
           return created;
         }),
@@ -572,7 +593,7 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
           if (kiloToken) {
             await tx.query("UPDATE session.sessions SET kilo_token_sealed = $2 WHERE id = $1", [
               id,
-              sealToken(deps.sealer, id, "kilo_token", kiloToken),
+              sealToken(deps.sealer, { sessionId: id, userId }, "kilo_token", kiloToken),
             ]);
           }
           return created;
