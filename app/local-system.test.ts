@@ -114,6 +114,7 @@ describe("npm start (embedded) with the CLI", { timeout: 420_000 }, () => {
       KILO_PROVIDER_BASE_URL: model.url,
       KILO_PROVIDER_API_KEY: "sk-local",
       GIT_ALLOW_INSECURE: "true",
+      SESSION_OUTBOUND_ALLOW_HOSTS: "127.0.0.1",
       LOG_LEVEL: "warn",
     });
   });

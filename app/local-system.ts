@@ -49,6 +49,8 @@ export interface LocalSystemOptions {
   isolation: "bwrap" | "none";
   /** Allow http:// and loopback git remotes (the offline demo's local repository). */
   allowInsecureGit: boolean;
+  /** Hosts of git/MCP URLs exempt from the address policy at prepare (the demo's local git). */
+  outboundAllowHosts?: readonly string[] | undefined;
   /** Where completion callbacks may go. */
   callbackPolicy: OutboundPolicy;
   /** The GitHub App for `githubRepo` sessions; without it, the session's githubToken is used. */
@@ -193,6 +195,7 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
         events,
         callbackPolicy: opts.callbackPolicy,
         allowInsecureGit: opts.allowInsecureGit,
+        outboundAllowHosts: opts.outboundAllowHosts ?? [],
         callbacks: new CallbackSender({
           secret: secrets.callbackSecret,
           policy: opts.callbackPolicy,

@@ -36,6 +36,7 @@ const system = await startLocalSystem({
   provider: { kind: "openai-compatible", baseUrl: model.url, apiKey: "sk-demo", id: "demo" },
   isolation: process.env.SANDBOX_ISOLATION === "none" ? "none" : "bwrap",
   allowInsecureGit: true,
+  outboundAllowHosts: ["127.0.0.1"],
   callbackPolicy: { allowHttp: false, allowLoopback: false },
   devUser: "demo-user",
   logger,

@@ -37,6 +37,10 @@ const options = {
   kiloBinary: env.optional("KILO_BIN"),
   isolation,
   allowInsecureGit: env.bool("GIT_ALLOW_INSECURE", false),
+  outboundAllowHosts: (env.optional("SESSION_OUTBOUND_ALLOW_HOSTS") ?? "")
+    .split(",")
+    .map((h) => h.trim().toLowerCase())
+    .filter((h) => h !== ""),
   callbackPolicy: {
     allowHttp: env.bool("CALLBACK_ALLOW_HTTP", false),
     allowLoopback: env.bool("CALLBACK_ALLOW_LOOPBACK", false),

@@ -32,6 +32,8 @@ export interface SessionConfig {
     callbackSigningSecret?: string | undefined;
     callbackPolicy: OutboundPolicy;
     allowInsecureGit: boolean;
+    /** Hosts of git/MCP URLs exempt from the address policy at prepare (tests, demo). */
+    outboundAllowHosts: string[];
   };
   logLevel: string;
 }
@@ -76,6 +78,15 @@ export function loadSessionConfig(env: Env): Readonly<SessionConfig> {
             heartbeatStaleMs: r.int("HEARTBEAT_STALE_MS", 90_000, { min: 1_000 }),
             callbackSigningSecret,
             allowInsecureGit: r.bool("GIT_ALLOW_INSECURE", false),
+            outboundAllowHosts: (r.optional("SESSION_OUTBOUND_ALLOW_HOSTS") ?? "")
+              .split(",")
+              .map((h) =>
+                h
+                  .trim()
+                  .toLowerCase()
+                  .replace(/^\[|\]$/g, ""),
+              )
+              .filter((h) => h !== ""),
             callbackPolicy: {
               allowHttp: r.bool("CALLBACK_ALLOW_HTTP", false),
               allowLoopback: r.bool("CALLBACK_ALLOW_LOOPBACK", false),

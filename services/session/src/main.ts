@@ -36,6 +36,7 @@ const app = await createSessionService({
           },
           callbackPolicy: x.callbackPolicy,
           allowInsecureGit: x.allowInsecureGit,
+          outboundAllowHosts: x.outboundAllowHosts,
           ...(x.callbackSigningSecret
             ? {
                 callbacks: new CallbackSender({

@@ -49,6 +49,8 @@ export interface ExecutionDeps {
   callbackPolicy?: OutboundPolicy;
   /** Accept http:// git URLs (tests and the offline demo only). */
   allowInsecureGit?: boolean;
+  /** Hosts of git/MCP URLs exempt from the address policy (SESSION_OUTBOUND_ALLOW_HOSTS). */
+  outboundAllowHosts?: readonly string[];
 }
 
 export interface SessionServiceDeps {
@@ -127,6 +129,7 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
         logger: deps.logger,
         callbackPolicy: x?.callbackPolicy ?? { allowHttp: false, allowLoopback: false },
         allowInsecureGit: x?.allowInsecureGit ?? false,
+        outboundAllowHosts: x?.outboundAllowHosts ?? [],
       }),
     );
   };

@@ -67,8 +67,11 @@ export interface SessionHandlerDeps {
   callbackPolicy?: OutboundPolicy;
   /** Accept http:// git URLs (tests and the offline demo); https only otherwise. */
   allowInsecureGit?: boolean;
+  /** Hosts of git/MCP URLs exempt from the address policy (tests, the demo's local git). */
+  outboundAllowHosts?: readonly string[];
 }
 
+import { checkSessionUrls, type SessionUrlPolicy } from "./outbound-urls.js";
 import { SEAL_VERSION, type SealScope, sealContext } from "./seal-context.js";
 
 export { sealContext };
@@ -303,6 +306,10 @@ function updateChanges(sealer: Sealer, userId: string, req: UpdateSessionRequest
 
 export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof SessionService> {
   const { pool } = deps;
+  const urlPolicy: SessionUrlPolicy = {
+    allowHttp: deps.allowInsecureGit ?? false,
+    allowHosts: deps.outboundAllowHosts ?? [],
+  };
   const queue: QueueSettings = deps.queue ?? {
     maxWaiting: 10,
     heartbeatStaleMs: 90_000,
@@ -352,6 +359,13 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
     ) {
       throw new ConnectError("git_url: must be an https URL", Code.InvalidArgument);
     }
+    await checkSessionUrls(
+      {
+        ...(req.repository.case === "gitUrl" ? { gitUrl: req.repository.value } : {}),
+        mcpServers: req.mcpServers?.values,
+      },
+      urlPolicy,
+    );
     if (req.callbackTarget && deps.callbackPolicy) {
       // Early refusal of URLs that can never be allowed. A name that does not resolve now
       // is accepted: every delivery checks the addresses again when it connects.
@@ -400,6 +414,7 @@ export function sessionHandlers(deps: SessionHandlerDeps): ServiceImpl<typeof Se
     async updateSession(req, ctx) {
       const { userId } = requireIdentity(ctx.values);
       const id = req.cloudAgentSessionId;
+      await checkSessionUrls({ mcpServers: req.mcpServers?.values }, urlPolicy);
       const changes = updateChanges(deps.sealer, userId, req);
       const row = await db("update the session", () =>
         inTransaction(pool, async (tx) => {
