@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -128,6 +128,11 @@ describe("npm start (embedded) with the CLI", { timeout: 420_000 }, () => {
   it("runs a session through the CLI, then after a restart still has the session and replays the same events", async () => {
     system = await startSystem(env);
     expect(system.output()).toContain("mode: embedded PostgreSQL (PGlite), events on PostgreSQL");
+    // The key of encrypted secrets: generated once, private half only in secrets.json (0600).
+    const keyPath = join(dataDir, "agent-env-vars-public-key.pem");
+    expect(system.output()).toContain(keyPath);
+    expect(readFileSync(keyPath, "utf8")).toContain("BEGIN PUBLIC KEY");
+    expect(statSync(join(dataDir, "secrets.json")).mode & 0o777).toBe(0o600);
     const config = join(dataDir, "cli.json");
 
     const run = await cli(

@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
@@ -67,6 +67,8 @@ export interface LocalSystem {
   token: string;
   internalKey: string;
   cliConfigPath: string;
+  /** The RSA public key (PEM) a backend encrypts `encryptedSecrets` with. */
+  envVarsPublicKeyPath: string;
   close(): Promise<void>;
 }
 
@@ -80,11 +82,32 @@ interface LocalSecrets {
   gatewayKeys: { privateKeyPem: string; publicKeyPem: string };
   sessionKeys: { privateKeyPem: string; publicKeyPem: string };
   sandboxKeys: { privateKeyPem: string; publicKeyPem: string };
+  /** RSA key pair of encrypted secrets: backends seal with the public key (absent in older files). */
+  agentEnvVarsKeys?: { privateKeyPem: string; publicKeyPem: string };
+}
+
+/** The public key backends encrypt `encryptedSecrets` with, next to secrets.json. */
+export const AGENT_ENV_VARS_PUBLIC_KEY_FILE = "agent-env-vars-public-key.pem";
+
+function rsaKeyPair(): { privateKeyPem: string; publicKeyPem: string } {
+  const { privateKey, publicKey } = generateKeyPairSync("rsa", {
+    modulusLength: 2048,
+    privateKeyEncoding: { type: "pkcs8", format: "pem" },
+    publicKeyEncoding: { type: "spki", format: "pem" },
+  });
+  return { privateKeyPem: privateKey, publicKeyPem: publicKey };
 }
 
 async function localSecrets(dataDir: string): Promise<LocalSecrets> {
   const file = join(dataDir, "secrets.json");
-  if (existsSync(file)) return JSON.parse(readFileSync(file, "utf8")) as LocalSecrets;
+  if (existsSync(file)) {
+    const kept = JSON.parse(readFileSync(file, "utf8")) as LocalSecrets;
+    if (kept.agentEnvVarsKeys) return kept;
+    // A data directory from before encrypted secrets were wired: add their key once.
+    const upgraded = { ...kept, agentEnvVarsKeys: rsaKeyPair() };
+    writeFileSync(file, JSON.stringify(upgraded, null, 2), { mode: 0o600 });
+    return upgraded;
+  }
   const secrets: LocalSecrets = {
     sessionSealingKeys: `local1:${randomBytes(32).toString("base64")}`,
     tokenSealingKeys: `local1:${randomBytes(32).toString("base64")}`,
@@ -95,6 +118,7 @@ async function localSecrets(dataDir: string): Promise<LocalSecrets> {
     gatewayKeys: await generateServiceKeyPair(),
     sessionKeys: await generateServiceKeyPair(),
     sandboxKeys: await generateServiceKeyPair(),
+    agentEnvVarsKeys: rsaKeyPair(),
   };
   writeFileSync(file, JSON.stringify(secrets, null, 2), { mode: 0o600 });
   return secrets;
@@ -111,6 +135,8 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
   try {
     mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
     const secrets = await localSecrets(opts.dataDir);
+    const envVarsPublicKeyPath = join(opts.dataDir, AGENT_ENV_VARS_PUBLIC_KEY_FILE);
+    writeFileSync(envVarsPublicKeyPath, secrets.agentEnvVarsKeys?.publicKeyPem ?? "", { mode: 0o644 });
 
     // PostgreSQL: the given one, or PGlite in the data directory.
     let databaseUrl = opts.databaseUrl;
@@ -176,6 +202,7 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
       settings: {
         ...DEFAULT_RUNNER_SETTINGS,
         provider: opts.provider,
+        secretsPrivateKey: secrets.agentEnvVarsKeys?.privateKeyPem,
         allowInsecureGit: opts.allowInsecureGit,
       },
     });
@@ -239,7 +266,15 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
       `local sandboxes (${opts.isolation === "bwrap" ? "bubblewrap" : "NO isolation"})`,
       opts.github ? "GitHub App tokens" : "no GitHub App",
     ].join(", ");
-    return { url, mode, token, internalKey: secrets.internalApiKey, cliConfigPath, close };
+    return {
+      url,
+      mode,
+      token,
+      internalKey: secrets.internalApiKey,
+      cliConfigPath,
+      envVarsPublicKeyPath,
+      close,
+    };
   } catch (err) {
     await close();
     throw err;
