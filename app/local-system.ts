@@ -142,7 +142,13 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
     let databaseUrl = opts.databaseUrl;
     let embedded = false;
     if (!databaseUrl) {
-      const pg = await startEmbeddedPostgres({ dataDir: join(opts.dataDir, "postgres"), logger });
+      // A Unix socket in a directory only this user can enter, not a TCP port: PGlite
+      // accepts any credentials, so nothing but the services may reach it.
+      const pg = await startEmbeddedPostgres({
+        dataDir: join(opts.dataDir, "postgres"),
+        socketDir: join(opts.dataDir, "run"),
+        logger,
+      });
       cleanup.push(() => pg.close());
       databaseUrl = pg.url;
       embedded = true;
