@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -116,6 +116,7 @@ describe("npm start (embedded) with the CLI", { timeout: 420_000 }, () => {
       GIT_ALLOW_INSECURE: "true",
       // The git fixture is on loopback: sandboxes reach it through the fence by this entry.
       SANDBOX_EGRESS_ALLOW: new URL(git.url).host,
+      SESSION_OUTBOUND_ALLOW_HOSTS: "127.0.0.1",
       LOG_LEVEL: "warn",
     });
   });
@@ -129,6 +130,11 @@ describe("npm start (embedded) with the CLI", { timeout: 420_000 }, () => {
   it("runs a session through the CLI, then after a restart still has the session and replays the same events", async () => {
     system = await startSystem(env);
     expect(system.output()).toContain("mode: embedded PostgreSQL (PGlite), events on PostgreSQL");
+    // The key of encrypted secrets: generated once, private half only in secrets.json (0600).
+    const keyPath = join(dataDir, "agent-env-vars-public-key.pem");
+    expect(system.output()).toContain(keyPath);
+    expect(readFileSync(keyPath, "utf8")).toContain("BEGIN PUBLIC KEY");
+    expect(statSync(join(dataDir, "secrets.json")).mode & 0o777).toBe(0o600);
     const config = join(dataDir, "cli.json");
 
     const run = await cli(

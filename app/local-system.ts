@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
@@ -48,6 +48,8 @@ export interface LocalSystemOptions {
   isolation: "bwrap" | "none";
   /** Allow http:// and loopback git remotes (the offline demo's local repository). */
   allowInsecureGit: boolean;
+  /** Hosts of git/MCP URLs exempt from the address policy at prepare (the demo's local git). */
+  outboundAllowHosts?: readonly string[] | undefined;
   /** Where completion callbacks may go. */
   callbackPolicy: OutboundPolicy;
   /** The GitHub App for `githubRepo` sessions; without it, the session's githubToken is used. */
@@ -66,6 +68,8 @@ export interface LocalSystem {
   token: string;
   internalKey: string;
   cliConfigPath: string;
+  /** The RSA public key (PEM) a backend encrypts `encryptedSecrets` with. */
+  envVarsPublicKeyPath: string;
   close(): Promise<void>;
 }
 
@@ -81,11 +85,32 @@ interface LocalSecrets {
   gatewayKeys: { privateKeyPem: string; publicKeyPem: string };
   sessionKeys: { privateKeyPem: string; publicKeyPem: string };
   sandboxKeys: { privateKeyPem: string; publicKeyPem: string };
+  /** RSA key pair of encrypted secrets: backends seal with the public key (absent in older files). */
+  agentEnvVarsKeys?: { privateKeyPem: string; publicKeyPem: string };
+}
+
+/** The public key backends encrypt `encryptedSecrets` with, next to secrets.json. */
+export const AGENT_ENV_VARS_PUBLIC_KEY_FILE = "agent-env-vars-public-key.pem";
+
+function rsaKeyPair(): { privateKeyPem: string; publicKeyPem: string } {
+  const { privateKey, publicKey } = generateKeyPairSync("rsa", {
+    modulusLength: 2048,
+    privateKeyEncoding: { type: "pkcs8", format: "pem" },
+    publicKeyEncoding: { type: "spki", format: "pem" },
+  });
+  return { privateKeyPem: privateKey, publicKeyPem: publicKey };
 }
 
 async function localSecrets(dataDir: string): Promise<LocalSecrets> {
   const file = join(dataDir, "secrets.json");
-  if (existsSync(file)) return JSON.parse(readFileSync(file, "utf8")) as LocalSecrets;
+  if (existsSync(file)) {
+    const kept = JSON.parse(readFileSync(file, "utf8")) as LocalSecrets;
+    if (kept.agentEnvVarsKeys) return kept;
+    // A data directory from before encrypted secrets were wired: add their key once.
+    const upgraded = { ...kept, agentEnvVarsKeys: rsaKeyPair() };
+    writeFileSync(file, JSON.stringify(upgraded, null, 2), { mode: 0o600 });
+    return upgraded;
+  }
   const secrets: LocalSecrets = {
     sessionSealingKeys: `local1:${randomBytes(32).toString("base64")}`,
     tokenSealingKeys: `local1:${randomBytes(32).toString("base64")}`,
@@ -96,6 +121,7 @@ async function localSecrets(dataDir: string): Promise<LocalSecrets> {
     gatewayKeys: await generateServiceKeyPair(),
     sessionKeys: await generateServiceKeyPair(),
     sandboxKeys: await generateServiceKeyPair(),
+    agentEnvVarsKeys: rsaKeyPair(),
   };
   writeFileSync(file, JSON.stringify(secrets, null, 2), { mode: 0o600 });
   return secrets;
@@ -158,6 +184,7 @@ function serviceEnvs(
       SERVICE_TOKEN_PUBLIC_KEY: secrets.sessionKeys.publicKeyPem,
       TOKEN_SERVICE_URL: tokenUrl,
       SANDBOX_SERVICE_TOKEN_PRIVATE_KEY: tokenUrl ? secrets.sandboxKeys.privateKeyPem : undefined,
+      AGENT_ENV_VARS_PRIVATE_KEY: secrets.agentEnvVarsKeys?.privateKeyPem,
     }),
     session: (sandboxUrl: string) => ({
       ...base,
@@ -171,6 +198,7 @@ function serviceEnvs(
       CALLBACK_ALLOW_HTTP: String(policy.allowHttp),
       CALLBACK_ALLOW_LOOPBACK: String(policy.allowLoopback),
       CALLBACK_ALLOW_PRIVATE: String(policy.allowPrivate ?? false),
+      ...(opts.outboundAllowHosts ? { SESSION_OUTBOUND_ALLOW_HOSTS: opts.outboundAllowHosts.join(",") } : {}),
     }),
     gateway: (sessionUrl: string) => ({
       ...base,
@@ -205,12 +233,20 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
     // directories below it: others may enter (x) but not list it; its files stay 0600.
     if (process.getuid?.() === 0) chmodSync(opts.dataDir, 0o711);
     const secrets = await localSecrets(opts.dataDir);
+    const envVarsPublicKeyPath = join(opts.dataDir, AGENT_ENV_VARS_PUBLIC_KEY_FILE);
+    writeFileSync(envVarsPublicKeyPath, secrets.agentEnvVarsKeys?.publicKeyPem ?? "", { mode: 0o644 });
 
     // PostgreSQL: the given one, or PGlite in the data directory.
     let databaseUrl = opts.databaseUrl;
     let embedded = false;
     if (!databaseUrl) {
-      const pg = await startEmbeddedPostgres({ dataDir: join(opts.dataDir, "postgres"), logger });
+      // A Unix socket in a directory only this user can enter, not a TCP port: PGlite
+      // accepts any credentials, so nothing but the services may reach it.
+      const pg = await startEmbeddedPostgres({
+        dataDir: join(opts.dataDir, "postgres"),
+        socketDir: join(opts.dataDir, "run"),
+        logger,
+      });
       cleanup.push(() => pg.close());
       databaseUrl = pg.url;
       embedded = true;
@@ -268,7 +304,7 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
       .setProtectedHeader({ alg: "HS256" })
       .setSubject(opts.devUser)
       .setIssuedAt()
-      .setExpirationTime("30d")
+      .setExpirationTime("24h") // the gateway accepts at most 24 h; each start writes a new one
       .sign(new TextEncoder().encode(secrets.hs256Secret));
     const url = gatewayServer.url.replace("0.0.0.0", "127.0.0.1");
     const cliConfigPath = join(opts.dataDir, "cli.json");
@@ -283,7 +319,15 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
       `local sandboxes (${sandboxMode(sandboxConfig.isolation, sandboxConfig.localSandbox, driver)})`,
       opts.github ? "GitHub App tokens" : "no GitHub App",
     ].join(", ");
-    return { url, mode, token, internalKey: secrets.internalApiKey, cliConfigPath, close };
+    return {
+      url,
+      mode,
+      token,
+      internalKey: secrets.internalApiKey,
+      cliConfigPath,
+      envVarsPublicKeyPath,
+      close,
+    };
   } catch (err) {
     await close();
     throw err;

@@ -36,8 +36,13 @@ const system = await startLocalSystem({
   provider: { kind: "openai-compatible", baseUrl: model.url, apiKey: "sk-demo", id: "demo" },
   isolation: process.env.SANDBOX_ISOLATION === "none" ? "none" : "bwrap",
   allowInsecureGit: true,
-  // The demo's git server is on this host's loopback: the sandboxes may reach that one port.
-  env: { ...process.env, SANDBOX_EGRESS_ALLOW: new URL(git.url).host },
+  // The demo's git server is on this host's loopback: the sandboxes may reach that one port,
+  // and the session service accepts its URL.
+  env: {
+    ...process.env,
+    SANDBOX_EGRESS_ALLOW: new URL(git.url).host,
+    SESSION_OUTBOUND_ALLOW_HOSTS: "127.0.0.1",
+  },
   callbackPolicy: { allowHttp: false, allowLoopback: false },
   devUser: "demo-user",
   logger,

@@ -37,6 +37,10 @@ const options = {
   kiloBinary: env.optional("KILO_BIN"),
   isolation,
   allowInsecureGit: env.bool("GIT_ALLOW_INSECURE", false),
+  outboundAllowHosts: (env.optional("SESSION_OUTBOUND_ALLOW_HOSTS") ?? "")
+    .split(",")
+    .map((h) => h.trim().toLowerCase())
+    .filter((h) => h !== ""),
   callbackPolicy: {
     allowHttp: env.bool("CALLBACK_ALLOW_HTTP", false),
     allowLoopback: env.bool("CALLBACK_ALLOW_LOOPBACK", false),
@@ -80,9 +84,11 @@ process.stdout.write(
     "",
     `The CLI is configured for user "${options.devUser}" (${system.cliConfigPath}):`,
     "  npx kilo-cloud run --repo owner/name --prompt 'Add a README'",
-    "For other clients, a bearer token (30 days) and the backend key for PrepareSession:",
+    "For other clients, a bearer token (24 hours; a new one at each start) and the backend key for PrepareSession:",
     `  export KILO_TOKEN=${system.token}`,
     `  export KILO_INTERNAL_KEY=${system.internalKey}`,
+    "A backend encrypts encryptedSecrets (RSA-OAEP SHA-256 over an AES-256-GCM key) with the public key in:",
+    `  ${system.envVarsPublicKeyPath}`,
     "",
   ].join("\n"),
 );

@@ -1,4 +1,4 @@
-import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, type HandlerContext } from "@connectrpc/connect";
 import {
   bearerToken,
   type Identity,
@@ -19,35 +19,40 @@ export const userTokenKey = createContextKey<string | undefined>(undefined, {
 });
 
 /**
+ * Runs before any byte of the request body is read (Connect's `requestGate`): an
+ * unauthenticated caller cannot make a server buffer, decompress or parse anything.
+ */
+export type RequestGate = (ctx: HandlerContext) => Promise<void>;
+
+/**
  * The gateway's authentication: a bearer JWT on every call (UNAUTHENTICATED without a valid
  * one) and, for backend-only methods, also the internal API key (PERMISSION_DENIED
  * without it), compared in constant time.
  */
-export function createUserAuthInterceptor(opts: {
+export function createUserAuthGate(opts: {
   verify: UserTokenVerifier;
   internalApiKey: string;
   /** Methods (`Service/Method` type names) that also need the internal API key. */
   internalMethods: ReadonlySet<string>;
   /** Methods that authenticate in their handler (e.g. with a stream ticket). */
   publicMethods?: ReadonlySet<string>;
-}): Interceptor {
-  return (next) => async (req) => {
-    const name = `${req.service.typeName}/${req.method.name}`;
-    if (opts.publicMethods?.has(name)) return next(req);
-    const token = bearerToken(req.header.get("authorization"));
+}): RequestGate {
+  return async (ctx) => {
+    const name = `${ctx.service.typeName}/${ctx.method.name}`;
+    if (opts.publicMethods?.has(name)) return;
+    const token = bearerToken(ctx.requestHeader.get("authorization"));
     if (!token)
       throw new ConnectError("missing bearer token (Authorization: Bearer <token>)", Code.Unauthenticated);
     const { userId } = await opts.verify(token);
-    const internal = secretEquals(req.header.get(INTERNAL_API_KEY_HEADER), opts.internalApiKey);
+    const internal = secretEquals(ctx.requestHeader.get(INTERNAL_API_KEY_HEADER), opts.internalApiKey);
     if (opts.internalMethods.has(name) && !internal) {
       throw new ConnectError(
-        `${req.method.name} needs a valid ${INTERNAL_API_KEY_HEADER} header`,
+        `${ctx.method.name} needs a valid ${INTERNAL_API_KEY_HEADER} header`,
         Code.PermissionDenied,
       );
     }
-    req.contextValues.set(identityKey, { userId, internal } satisfies Identity);
-    req.contextValues.set(userTokenKey, token);
-    return next(req);
+    ctx.values.set(identityKey, { userId, internal } satisfies Identity);
+    ctx.values.set(userTokenKey, token);
   };
 }
 
@@ -55,27 +60,26 @@ export function createUserAuthInterceptor(opts: {
  * A service's authentication of calls from the gateway: a service token (EdDSA JWT) for
  * this service's audience. A forwarded user token must match the hash the gateway signed.
  */
-export function createServiceAuthInterceptor(opts: {
+export function createServiceAuthGate(opts: {
   verify: ServiceTokenVerifier;
   internalMethods?: ReadonlySet<string>;
-}): Interceptor {
-  return (next) => async (req) => {
-    const token = bearerToken(req.header.get("authorization"));
+}): RequestGate {
+  return async (ctx) => {
+    const token = bearerToken(ctx.requestHeader.get("authorization"));
     if (!token) throw new ConnectError("missing service token", Code.Unauthenticated);
     const claims = await opts.verify(token);
-    const forwarded = req.header.get(USER_TOKEN_HEADER) ?? undefined;
+    const forwarded = ctx.requestHeader.get(USER_TOKEN_HEADER) ?? undefined;
     if (forwarded !== undefined && claims.userTokenHash !== sha256Base64url(forwarded)) {
       throw new ConnectError("forwarded user token does not match the service token", Code.Unauthenticated);
     }
-    const name = `${req.service.typeName}/${req.method.name}`;
+    const name = `${ctx.service.typeName}/${ctx.method.name}`;
     if (opts.internalMethods?.has(name) && !claims.internal) {
-      throw new ConnectError(`${req.method.name} is for backends only`, Code.PermissionDenied);
+      throw new ConnectError(`${ctx.method.name} is for backends only`, Code.PermissionDenied);
     }
-    req.contextValues.set(identityKey, {
+    ctx.values.set(identityKey, {
       userId: claims.userId,
       internal: claims.internal,
     } satisfies Identity);
-    if (forwarded !== undefined) req.contextValues.set(userTokenKey, forwarded);
-    return next(req);
+    if (forwarded !== undefined) ctx.values.set(userTokenKey, forwarded);
   };
 }

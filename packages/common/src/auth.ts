@@ -68,7 +68,11 @@ export interface UserTokenConfig {
   userIdClaim?: string;
   /** Clock tolerance in seconds (default 5). */
   clockToleranceSeconds?: number;
+  /** Longest accepted lifetime, `exp` − `iat` (or − now without `iat`); default 24 h. */
+  maxLifetimeSeconds?: number;
 }
+
+export const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS = 24 * 60 * 60;
 
 const ASYMMETRIC_ALGS = [
   "RS256",
@@ -108,12 +112,15 @@ export function createUserTokenVerifier(cfg: UserTokenConfig): UserTokenVerifier
     algorithms = ASYMMETRIC_ALGS;
   }
   const claim = cfg.userIdClaim ?? "sub";
+  const tolerance = cfg.clockToleranceSeconds ?? 5;
+  const maxLifetime = cfg.maxLifetimeSeconds ?? DEFAULT_MAX_TOKEN_LIFETIME_SECONDS;
   return async (token) => {
     let payload: JWTPayload;
     try {
       const opts = {
         algorithms,
-        clockTolerance: cfg.clockToleranceSeconds ?? 5,
+        requiredClaims: ["exp"],
+        clockTolerance: tolerance,
         ...(cfg.issuer ? { issuer: cfg.issuer } : {}),
         ...(cfg.audience ? { audience: cfg.audience } : {}),
       };
@@ -126,6 +133,13 @@ export function createUserTokenVerifier(cfg: UserTokenConfig): UserTokenVerifier
         undefined,
         undefined,
         err,
+      );
+    }
+    const lifetime = (payload.exp ?? 0) - (payload.iat ?? Math.floor(Date.now() / 1000));
+    if (lifetime > maxLifetime + tolerance) {
+      throw new ConnectError(
+        `bearer token lives longer than the ${maxLifetime} s this deployment accepts`,
+        Code.Unauthenticated,
       );
     }
     const userId = payload[claim];

@@ -14,3 +14,4 @@ export * from "./pg.js";
 export * from "./seal.js";
 export * from "./serve.js";
 export * from "./server.js";
+export * from "./server-limits.js";

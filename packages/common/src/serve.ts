@@ -1,5 +1,6 @@
 import type { Logger } from "./logger.js";
 import { listen, type NodeRequest, type NodeResponse } from "./server.js";
+import type { ConnectionTimeouts } from "./server-limits.js";
 
 /**
  * The end of every service's main.ts: listens, logs the URL, and on SIGTERM/SIGINT stops
@@ -15,8 +16,14 @@ export async function serveUntilSignal(opts: {
   /** Runs before the server closes (e.g. ending open streams, which would hold it open). */
   stopping?: () => void;
   fields?: Record<string, unknown>;
+  /** Connection timeouts of the port (defaults of `listen` otherwise). */
+  timeouts?: Partial<ConnectionTimeouts>;
 }): Promise<void> {
-  const server = await listen(opts.handler, { port: opts.port, host: opts.host });
+  const server = await listen(opts.handler, {
+    port: opts.port,
+    host: opts.host,
+    ...(opts.timeouts ? { timeouts: opts.timeouts } : {}),
+  });
   opts.logger.info({ url: server.url, ...opts.fields }, `${opts.name} listening`);
   const shutdown = async (signal: string) => {
     opts.logger.info({ signal }, "shutting down");

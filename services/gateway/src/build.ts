@@ -24,6 +24,8 @@ export function buildGateway(config: GatewayConfig, infra: GatewayInfra): Promis
     streamTicketSecret: config.streamTicketSecret,
     sessionServiceUrl: config.sessionServiceUrl,
     upstreamTimeoutMs: config.upstreamTimeoutMs,
+    maxStreamsPerUser: config.maxStreamsPerUser,
+    limits: config.limits,
     events: infra.events,
     ...(infra.eventsReady ? { eventsReady: infra.eventsReady } : {}),
     ...(infra.keepaliveMs !== undefined ? { keepaliveMs: infra.keepaliveMs } : {}),

@@ -1,10 +1,14 @@
 import {
+  DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
   type Env,
   EnvReader,
   type EventLogConfig,
   readEventLogConfig,
+  readServerLimits,
+  type ServerLimits,
   type UserTokenConfig,
 } from "@kilo-cloud/common";
+import { DEFAULT_MAX_STREAMS_PER_USER } from "./handlers/stream-slots.js";
 
 export interface GatewayConfig {
   port: number;
@@ -22,6 +26,10 @@ export interface GatewayConfig {
   upstreamTimeoutMs: number;
   /** The event log Subscribe reads (bound to, never provisioned: sandbox-manager owns it). */
   events: EventLogConfig;
+  /** Open Subscribe streams per user on one gateway replica. */
+  maxStreamsPerUser: number;
+  /** Request size and connection timeouts of the public port. */
+  limits: ServerLimits;
   logLevel: string;
   /** The hosted backend's NEXTAUTH_SECRET: its API tokens and stream tickets are accepted too. */
   hostedAuthSecret?: string;
@@ -64,12 +72,17 @@ export function loadGatewayConfig(env: Env): Readonly<GatewayConfig> {
       ...(issuer !== undefined ? { issuer } : {}),
       ...(audience !== undefined ? { audience } : {}),
       userIdClaim: r.string("AUTH_USER_ID_CLAIM", "sub"),
+      maxLifetimeSeconds: r.int("AUTH_MAX_TOKEN_LIFETIME_SECONDS", DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, {
+        min: 60,
+      }),
     },
     internalApiKey,
     serviceTokenPrivateKey: r.string("SERVICE_TOKEN_PRIVATE_KEY").replace(/\\n/g, "\n"),
     streamTicketSecret,
     upstreamTimeoutMs: r.int("UPSTREAM_TIMEOUT_MS", 15_000, { min: 100 }),
     events: readEventLogConfig(r, { owner: false }),
+    maxStreamsPerUser: r.int("MAX_STREAMS_PER_USER", DEFAULT_MAX_STREAMS_PER_USER, { min: 1 }),
+    limits: readServerLimits(r),
     logLevel: r.string("LOG_LEVEL", "info"),
     ...(hostedAuthSecret !== undefined ? { hostedAuthSecret } : {}),
     streamPingMs: r.int("STREAM_PING_MS", 30_000, { min: 1_000 }),

@@ -12,6 +12,7 @@ await serveUntilSignal({
   handler: app.handler,
   port: config.port,
   host: config.host,
+  timeouts: config.limits.timeouts,
   stopping: () => app.close(),
   close: () => infra.close(),
 });

@@ -8,13 +8,14 @@ import {
   createObservabilityInterceptor,
   createServiceHandler,
   createServiceTokenSigner,
-  createUserAuthInterceptor,
+  createUserAuthGate,
   createUserTokenVerifier,
   createValidationInterceptor,
   type EventLog,
   type Identity,
   type Logger,
   type NodeHandler,
+  type ServerLimits,
   type UserTokenConfig,
 } from "@kilo-cloud/common";
 import { CreateStreamTicketResponseSchema, SessionService, StreamService } from "@kilo-cloud/proto";
@@ -25,6 +26,7 @@ import {
   upstreamCallOptions,
   upstreamError,
 } from "./handlers/forward.js";
+import { DEFAULT_MAX_STREAMS_PER_USER, StreamSlots } from "./handlers/stream-slots.js";
 import { createStreamTickets } from "./handlers/stream-tickets.js";
 import { STREAM_HANDLER_OPTIONS, subscribeHandler } from "./handlers/subscribe.js";
 import { streamTicketRoute } from "./handlers/ticket-route.js";
@@ -66,6 +68,10 @@ export interface GatewayDeps {
   streamPingMs?: number;
   streamAllowedOrigins?: readonly string[];
   streamSocket?: Partial<PumpSettings>;
+  /** Open Subscribe streams per user on this replica (default 20). */
+  maxStreamsPerUser?: number;
+  /** Request size limit (default 4 MiB); `timeouts` are for `listen`. */
+  limits?: ServerLimits;
 }
 
 export interface GatewayApp {
@@ -103,6 +109,7 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
     deps.hostedAuthSecret,
     checkOwner,
   );
+  const slots = new StreamSlots(deps.maxStreamsPerUser ?? DEFAULT_MAX_STREAMS_PER_USER);
   const shutdown = new AbortController();
   // Every open stream listens on the shutdown signal; thousands of them are expected.
   setMaxListeners(0, shutdown.signal);
@@ -148,6 +155,7 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
               verifyUser,
               keepaliveMs: deps.keepaliveMs ?? 15_000,
               checkOwner,
+              slots,
             })
           : // biome-ignore lint/correctness/useYield: no event log configured
             async function* () {
@@ -173,16 +181,14 @@ export async function createGateway(deps: GatewayDeps): Promise<GatewayApp> {
 
   const handler = createServiceHandler({
     routes,
-    interceptors: [
-      createObservabilityInterceptor(deps.logger, metrics),
-      createUserAuthInterceptor({
-        verify: verifyUser,
-        internalApiKey: deps.internalApiKey,
-        internalMethods: INTERNAL_METHODS,
-        publicMethods: PUBLIC_METHODS,
-      }),
-      createValidationInterceptor(),
-    ],
+    interceptors: [createObservabilityInterceptor(deps.logger, metrics), createValidationInterceptor()],
+    requestGate: createUserAuthGate({
+      verify: verifyUser,
+      internalApiKey: deps.internalApiKey,
+      internalMethods: INTERNAL_METHODS,
+      publicMethods: PUBLIC_METHODS,
+    }),
+    ...(deps.limits ? { maxRequestBytes: deps.limits.maxRequestBytes } : {}),
     metrics,
     logger: deps.logger,
     shutdownSignal: shutdown.signal,

@@ -136,6 +136,19 @@ describe("gateway authentication and authorization", () => {
           `Bearer ${await signHs256(aliceClaims({ iat: nowSeconds() - 7200, exp: nowSeconds() - 3600 }))}`,
       ],
       [
+        "no exp (would never expire)",
+        async () => `Bearer ${await signHs256(aliceClaims({ exp: undefined }))}`,
+      ],
+      [
+        "lifetime over the 24 h bound (iat now, exp in 2 days)",
+        async () => `Bearer ${await signHs256(aliceClaims({ exp: nowSeconds() + 2 * 86_400 }))}`,
+      ],
+      [
+        "exp 2 days ahead and no iat",
+        async () =>
+          `Bearer ${await signHs256(aliceClaims({ iat: undefined, exp: nowSeconds() + 2 * 86_400 }))}`,
+      ],
+      [
         "not yet valid (nbf)",
         async () => `Bearer ${await signHs256(aliceClaims({ nbf: nowSeconds() + 3600 }))}`,
       ],

@@ -24,6 +24,7 @@ import {
   SessionState,
   UpdateSessionResponseSchema,
 } from "@kilo-cloud/proto";
+import { legacySealContext, resealLegacySessions, SEAL_VERSION, sealContext } from "@kilo-cloud/session";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { INTERNAL_API_KEY, type Stack, startStack, TEST_AUDIENCE, TEST_ISSUER } from "./support/stack.js";
@@ -520,7 +521,7 @@ describe("secrets never leak (canaries)", () => {
     seen.push(await res.text(), JSON.stringify([...res.headers.entries()]));
   });
 
-  it("the stored rows hold sealed values and the envelopes as received", async () => {
+  it("the stored rows hold only sealed values, bound to the session and its owner", async () => {
     const { rows } = await stack.db.query("SELECT * FROM session.sessions WHERE id = $1", [githubSession]);
     const row = rows[0];
     for (const col of [
@@ -530,14 +531,72 @@ describe("secrets never leak (canaries)", () => {
       "setup_commands_sealed",
       "mcp_servers_sealed",
       "callback_target_sealed",
+      "encrypted_secrets_sealed",
     ]) {
       expect(row[col], col).toMatch(/^v1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/);
     }
-    // The secrets are the backend's ciphertext, which opens (with the sandbox's key) to the canary.
-    const secrets = row.encrypted_secrets as Record<string, { encryptedData: string; encryptedDEK: string }>;
+    expect(row.encrypted_secrets).toEqual({});
+    expect(row.seal_version).toBe(SEAL_VERSION);
+    // Opened for its session and owner: the backend's envelopes, which open (with the
+    // sandbox's key) to the canaries.
+    const own = { sessionId: githubSession, userId: row.user_id as string };
+    const secrets = stack.sealer.openJson<Record<string, { encryptedData: string; encryptedDEK: string }>>(
+      row.encrypted_secrets_sealed,
+      sealContext(own, "encrypted_secrets"),
+    );
     expect(Object.keys(secrets).sort()).toEqual(["NPM_TOKEN", "STRIPE_KEY"]);
     expect(decryptSecret(secrets.STRIPE_KEY!)).toBe(canaries.get("upd-secret-stripe"));
     expect(decryptSecret(secrets.NPM_TOKEN!)).toBe(canaries.get("upd-secret-npm"));
+    // A row whose owner is rewritten (or a value copied to another session) opens nothing.
+    for (const other of [
+      { ...own, userId: "mallory" },
+      { ...own, sessionId: legacySession },
+    ]) {
+      expect(() =>
+        stack.sealer.open(row.encrypted_secrets_sealed, sealContext(other, "encrypted_secrets")),
+      ).toThrow();
+      expect(() => stack.sealer.open(row.github_token_sealed, sealContext(other, "github_token"))).toThrow();
+    }
+  });
+
+  it("re-seals a row written before owners were bound (seal_version 1) at start-up", async () => {
+    const { rows } = await stack.db.query("SELECT * FROM session.sessions WHERE id = $1", [githubSession]);
+    const row = rows[0];
+    const own = { sessionId: githubSession, userId: row.user_id as string };
+    const token = stack.sealer.open(row.github_token_sealed, sealContext(own, "github_token"));
+    const envelopes = stack.sealer.openJson(
+      row.encrypted_secrets_sealed,
+      sealContext(own, "encrypted_secrets"),
+    );
+    // The row as the previous version stored it.
+    await stack.db.query(
+      `UPDATE session.sessions SET seal_version = 1, github_token_sealed = $2, encrypted_secrets = $3,
+         encrypted_secrets_sealed = NULL WHERE id = $1`,
+      [
+        githubSession,
+        stack.sealer.seal(token, legacySealContext(githubSession, "github_token")),
+        JSON.stringify(envelopes),
+      ],
+    );
+    // Other legacy columns keep their old seal: re-seal them the old way too.
+    for (const col of ["kilo_token", "env_vars", "setup_commands", "mcp_servers", "callback_target"]) {
+      const plain = stack.sealer.open(row[`${col}_sealed`], sealContext(own, col));
+      await stack.db.query(`UPDATE session.sessions SET ${col}_sealed = $2 WHERE id = $1`, [
+        githubSession,
+        stack.sealer.seal(plain, legacySealContext(githubSession, col)),
+      ]);
+    }
+    expect(await resealLegacySessions(stack.db, stack.sealer)).toBe(1);
+    const after = (await stack.db.query("SELECT * FROM session.sessions WHERE id = $1", [githubSession]))
+      .rows[0];
+    expect(after.seal_version).toBe(SEAL_VERSION);
+    expect(after.encrypted_secrets).toEqual({});
+    expect(stack.sealer.open(after.github_token_sealed, sealContext(own, "github_token"))).toBe(token);
+    expect(
+      stack.sealer.openJson(after.encrypted_secrets_sealed, sealContext(own, "encrypted_secrets")),
+    ).toEqual(envelopes);
+    expect(await resealLegacySessions(stack.db, stack.sealer)).toBe(0);
+    expect(after.encrypted_secret_count).toBe(2);
   });
 
   it("no canary, bearer token or internal key appears in any response, log line or database row", async () => {

@@ -9,6 +9,7 @@ import { JetStreamEventLog } from "@kilo-cloud/common";
 import { EventSchema, OutputSource, StreamService } from "@kilo-cloud/proto";
 import { startNats, type TestNats } from "@kilo-cloud/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { StreamSlots } from "../src/handlers/stream-slots.js";
 import { createStreamTickets } from "../src/handlers/stream-tickets.js";
 import { STREAM_HANDLER_OPTIONS, subscribeHandler } from "../src/handlers/subscribe.js";
 
@@ -43,6 +44,7 @@ describe("Subscribe with a stalled client", () => {
               checkOwner: () => Promise.reject(new Error("tickets only")),
               keepaliveMs: 60_000,
               maxLagEvents: MAX_LAG,
+              slots: new StreamSlots(100),
             }),
           },
           STREAM_HANDLER_OPTIONS,

@@ -2,7 +2,7 @@ import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import {
   createMetricsRegistry,
   createObservabilityInterceptor,
-  createServiceAuthInterceptor,
+  createServiceAuthGate,
   createServiceHandler,
   createServiceTokenVerifier,
   createValidationInterceptor,
@@ -112,11 +112,8 @@ export async function createSandboxManager(deps: SandboxManagerDeps): Promise<Sa
 
   const handler = createServiceHandler({
     routes,
-    interceptors: [
-      createObservabilityInterceptor(deps.logger, metrics),
-      createServiceAuthInterceptor({ verify }),
-      createValidationInterceptor(),
-    ],
+    interceptors: [createObservabilityInterceptor(deps.logger, metrics), createValidationInterceptor()],
+    requestGate: createServiceAuthGate({ verify }),
     metrics,
     logger: deps.logger,
     readiness: async () => {

@@ -9,6 +9,7 @@ import {
 } from "@kilo-cloud/common";
 import { DEFAULT_RETRY_SCHEDULE_MS, parseRetrySchedule } from "./callbacks/retry-schedule.js";
 import { webhookKey } from "./callbacks/standard-webhooks.js";
+import { DEFAULT_EXECUTION_CAPS } from "./dispatch/admission.js";
 
 export interface SessionConfig {
   port: number;
@@ -25,6 +26,9 @@ export interface SessionConfig {
     /** The event log (bound to; sandbox-manager owns the stream and its retention). */
     events: EventLogConfig;
     queueMaxWaiting: number;
+    /** Sessions per user / per organization running or waiting to start at once. */
+    maxActivePerUser: number;
+    maxActivePerOrg: number;
     queueExpiryMs: number;
     staleAfterMs: number;
     heartbeatStaleMs: number;
@@ -33,6 +37,8 @@ export interface SessionConfig {
     callbackRetryScheduleMs: number[];
     callbackPolicy: OutboundPolicy;
     allowInsecureGit: boolean;
+    /** Hosts of git/MCP URLs exempt from the address policy at prepare (tests, demo). */
+    outboundAllowHosts: string[];
   };
   logLevel: string;
 }
@@ -79,12 +85,25 @@ export function loadSessionConfig(env: Env): Readonly<SessionConfig> {
             serviceTokenPrivateKey: r.string("SESSION_SERVICE_TOKEN_PRIVATE_KEY").replace(/\\n/g, "\n"),
             events: readEventLogConfig(r, { owner: false }),
             queueMaxWaiting: r.int("QUEUE_MAX_WAITING", 10, { min: 1, max: 10_000 }),
+            maxActivePerUser: r.int("MAX_RUNNING_PER_USER", DEFAULT_EXECUTION_CAPS.maxActivePerUser, {
+              min: 1,
+            }),
+            maxActivePerOrg: r.int("MAX_RUNNING_PER_ORG", DEFAULT_EXECUTION_CAPS.maxActivePerOrg, { min: 1 }),
             queueExpiryMs: r.int("QUEUE_EXPIRY_MS", 60 * 60_000, { min: 1_000 }),
             staleAfterMs: r.int("EXECUTION_STALE_MS", 10 * 60_000, { min: 1_000 }),
             heartbeatStaleMs: r.int("HEARTBEAT_STALE_MS", 90_000, { min: 100 }),
             callbackSigningSecret,
             callbackRetryScheduleMs,
             allowInsecureGit: r.bool("GIT_ALLOW_INSECURE", false),
+            outboundAllowHosts: (r.optional("SESSION_OUTBOUND_ALLOW_HOSTS") ?? "")
+              .split(",")
+              .map((h) =>
+                h
+                  .trim()
+                  .toLowerCase()
+                  .replace(/^\[|\]$/g, ""),
+              )
+              .filter((h) => h !== ""),
             callbackPolicy: {
               allowHttp: r.bool("CALLBACK_ALLOW_HTTP", false),
               allowLoopback: r.bool("CALLBACK_ALLOW_LOOPBACK", false),

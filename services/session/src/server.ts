@@ -3,7 +3,7 @@ import type { ConnectRouter } from "@connectrpc/connect";
 import {
   createMetricsRegistry,
   createObservabilityInterceptor,
-  createServiceAuthInterceptor,
+  createServiceAuthGate,
   createServiceHandler,
   createServiceTokenVerifier,
   createValidationInterceptor,
@@ -18,6 +18,8 @@ import {
   type SealingKey,
 } from "@kilo-cloud/common";
 import { SessionService } from "@kilo-cloud/proto";
+import { resealLegacySessions } from "./db/reseal-legacy.js";
+import { DEFAULT_EXECUTION_CAPS, type ExecutionCaps } from "./dispatch/admission.js";
 import { CallbackOutbox, type CallbackSenderLike } from "./dispatch/callback-outbox.js";
 import { DEFAULT_DISPATCHER_SETTINGS, Dispatcher, type DispatcherSettings } from "./dispatch/dispatcher.js";
 import { startLifecycleConsumer } from "./dispatch/lifecycle.js";
@@ -48,7 +50,7 @@ export interface ExecutionDeps {
   serviceTokenPrivateKey: string;
   events: EventLog;
   dispatcher?: Partial<DispatcherSettings>;
-  queue?: Partial<QueueSettings>;
+  queue?: Partial<Omit<QueueSettings, "caps">> & { caps?: Partial<ExecutionCaps> };
   /** Completion callbacks; without a sender, callbacks are recorded but not sent. */
   callbacks?: CallbackSenderLike;
   /** Delays between a callback's attempts (hours by default: DEFAULT_RETRY_SCHEDULE_MS). */
@@ -57,6 +59,8 @@ export interface ExecutionDeps {
   callbackPolicy?: OutboundPolicy;
   /** Accept http:// git URLs (tests and the offline demo only). */
   allowInsecureGit?: boolean;
+  /** Hosts of git/MCP URLs exempt from the address policy (SESSION_OUTBOUND_ALLOW_HOSTS). */
+  outboundAllowHosts?: readonly string[];
 }
 
 export interface SessionServiceDeps {
@@ -89,12 +93,18 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
   const sessionMetrics = createSessionMetrics(metrics, deps.pool);
   const verify = await createServiceTokenVerifier(deps.serviceTokenPublicKey, SESSION_SERVICE_AUDIENCE);
   const sealer = new Sealer(deps.sealingKeys);
+  await resealLegacySessions(deps.pool, sealer, deps.logger);
   const stop = new AbortController();
   let dispatcher: Dispatcher | undefined;
   let sandbox: SandboxClient | undefined;
   let outbox: CallbackOutbox | undefined;
   let lifecycle: Promise<void> | undefined;
-  const queue: QueueSettings = { maxWaiting: 10, heartbeatStaleMs: 90_000, ...deps.executions?.queue };
+  const queue: QueueSettings = {
+    maxWaiting: 10,
+    heartbeatStaleMs: 90_000,
+    ...deps.executions?.queue,
+    caps: { ...DEFAULT_EXECUTION_CAPS, ...deps.executions?.queue?.caps },
+  };
   const x = deps.executions;
   if (x) {
     sandbox = await createSandboxClient({ baseUrl: x.sandboxUrl, privateKeyPem: x.serviceTokenPrivateKey });
@@ -140,16 +150,14 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
         logger: deps.logger,
         callbackPolicy: x?.callbackPolicy ?? { allowHttp: false, allowLoopback: false },
         allowInsecureGit: x?.allowInsecureGit ?? false,
+        outboundAllowHosts: x?.outboundAllowHosts ?? [],
       }),
     });
   };
   const handler = createServiceHandler({
     routes,
-    interceptors: [
-      createObservabilityInterceptor(deps.logger, metrics),
-      createServiceAuthInterceptor({ verify, internalMethods: INTERNAL_METHODS }),
-      createValidationInterceptor(),
-    ],
+    interceptors: [createObservabilityInterceptor(deps.logger, metrics), createValidationInterceptor()],
+    requestGate: createServiceAuthGate({ verify, internalMethods: INTERNAL_METHODS }),
     metrics,
     logger: deps.logger,
     readiness: async () => {

@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { PGlite } from "@electric-sql/pglite";
 import type { PGLiteSocketServer } from "@electric-sql/pglite-socket";
@@ -40,6 +40,19 @@ export interface EmbeddedPostgres {
 }
 
 const LOCK_FILE = "kilo-cloud-embedded.lock";
+const STOP_TIMEOUT_MS = 5_000;
+
+/** Resolves when `p` settles or after `ms`, whichever is first (never rejects). */
+async function withTimeout(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    p.catch(() => {}),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]);
+  clearTimeout(timer);
+}
 
 function alive(pid: number): boolean {
   try {
@@ -106,6 +119,8 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
     const path = opts.socketDir ? join(opts.socketDir, `.s.PGSQL.${port}`) : undefined;
     if (path) {
       mkdirSync(opts.socketDir!, { recursive: true, mode: 0o700 });
+      // Only this user may reach the socket (PGlite accepts any credentials).
+      chmodSync(opts.socketDir!, 0o700);
       // A socket file left by a process that died (the data dir lock says none is running).
       try {
         unlinkSync(path);
@@ -140,8 +155,9 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
       close() {
         closing ??= (async () => {
           try {
-            await theServer.stop();
-            await theDb.close();
+            // A client that never hangs up must not hold the shutdown: bounded.
+            await withTimeout(theServer.stop(), STOP_TIMEOUT_MS);
+            await withTimeout(theDb.close(), STOP_TIMEOUT_MS);
           } finally {
             unlock();
             if (path) rmSync(path, { force: true });

@@ -15,6 +15,7 @@ import {
   type SubscribeResponse,
   type SubscribeResponseSchema,
 } from "@kilo-cloud/proto";
+import type { StreamSlots } from "./stream-slots.js";
 import type { StreamTickets } from "./stream-tickets.js";
 import { passThroughResponse } from "./subscribe-wire.js";
 
@@ -43,6 +44,8 @@ export interface SubscribeDeps {
    * resumed with `fromId` as a fast batched replay (default 50,000).
    */
   maxLagEvents?: number;
+  /** Open streams per user (RESOURCE_EXHAUSTED beyond). */
+  slots: StreamSlots;
 }
 
 /**
@@ -54,6 +57,8 @@ export const STREAM_HANDLER_OPTIONS = { compressMinBytes: 2 ** 32 - 1 } as const
 
 const KEEPALIVE = Symbol("keepalive");
 const DEFAULT_MAX_LAG_EVENTS = 50_000;
+/** Event ids are signed 64-bit in every event log (Postgres bigint, JetStream sequence). */
+const MAX_EVENT_ID = 2n ** 63n - 1n;
 
 type Response = MessageInitShape<typeof SubscribeResponseSchema> | SubscribeResponse;
 
@@ -70,7 +75,13 @@ type Response = MessageInitShape<typeof SubscribeResponseSchema> | SubscribeResp
 export function subscribeHandler(deps: SubscribeDeps) {
   return async function* subscribe(req: SubscribeRequest, ctx: HandlerContext): AsyncGenerator<Response> {
     const sessionId = req.cloudAgentSessionId;
-    await authorize(deps, req, ctx);
+    if (req.fromId !== undefined && req.fromId > MAX_EVENT_ID) {
+      throw new ConnectError(
+        `invalid request: from_id: must be at most ${MAX_EVENT_ID}`,
+        Code.InvalidArgument,
+      );
+    }
+    const release = deps.slots.acquire(await authorize(deps, req, ctx));
     const keep = eventFilter(req);
     const json = /json/i.test(ctx.requestHeader.get("content-type") ?? "");
     const iterator = deps.events
@@ -106,6 +117,7 @@ export function subscribeHandler(deps: SubscribeDeps) {
       }
     } finally {
       clearTimeout(timer);
+      release();
       await iterator.return?.();
     }
   };
@@ -146,10 +158,10 @@ function single(stored: StoredEvent): SubscribeResponse {
   return passThroughResponse([stored], "event");
 }
 
-async function authorize(deps: SubscribeDeps, req: SubscribeRequest, ctx: HandlerContext): Promise<void> {
+/** The user the stream is for: a ticket's, or a bearer token's who owns the session. */
+async function authorize(deps: SubscribeDeps, req: SubscribeRequest, ctx: HandlerContext): Promise<string> {
   if (req.ticket !== undefined) {
-    await deps.tickets.verify(req.ticket, req.cloudAgentSessionId);
-    return;
+    return (await deps.tickets.verify(req.ticket, req.cloudAgentSessionId)).userId;
   }
   const token = bearerToken(ctx.requestHeader.get("authorization"));
   if (!token) {
@@ -160,6 +172,7 @@ async function authorize(deps: SubscribeDeps, req: SubscribeRequest, ctx: Handle
   }
   const { userId } = await deps.verifyUser(token);
   await deps.checkOwner(userId, req.cloudAgentSessionId, ctx.signal);
+  return userId;
 }
 
 /** The request's execution and type filters; only the execution id is read from the bytes. */

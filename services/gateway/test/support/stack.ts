@@ -14,6 +14,7 @@ import {
   listen,
   type Pool,
   type RunningServer,
+  Sealer,
 } from "@kilo-cloud/common";
 import { SessionService, StreamService } from "@kilo-cloud/proto";
 import { buildSession, loadSessionConfig, migrateSessionSchema } from "@kilo-cloud/session";
@@ -36,6 +37,8 @@ export interface Stack extends AsyncDisposable {
   /** The service-token key pair the gateway signs with and the session service trusts. */
   serviceKeys: { privateKeyPem: string; publicKeyPem: string };
   db: Pool;
+  /** The session service's sealer (to inspect what it stores). */
+  sealer: Sealer;
   logs: string[];
   /** Makes (and remembers) a valid bearer token for the user; call before sessions(). */
   login(userId: string): Promise<string>;
@@ -61,7 +64,12 @@ export interface Stack extends AsyncDisposable {
 export const TEST_ISSUER = "https://kilo.test";
 export const TEST_AUDIENCE = "kilo-cloud-agent";
 
-export async function startStack(): Promise<Stack> {
+export interface StackOptions {
+  /** Serve Subscribe from a PostgresEventLog on the test database, with these settings. */
+  streams?: { keepaliveMs: number; maxStreamsPerUser?: number };
+}
+
+export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const database: TestDatabase = await createTestDatabase();
   const logs: string[] = [];
   const destination = { write: (line: string) => void logs.push(line) };
@@ -69,9 +77,10 @@ export async function startStack(): Promise<Stack> {
   const keys = await generateServiceKeyPair();
   const sessionLogger = createLogger({ service: "session", level: "debug", destination });
   await migrateSessionSchema(pool, sessionLogger);
+  const sealingKeys = [{ id: "k1", key: randomBytes(32) }];
   const sessionConfig = loadSessionConfig({
     DATABASE_URL: database.url,
-    SESSION_SEALING_KEYS: `k1:${randomBytes(32).toString("base64")}`,
+    SESSION_SEALING_KEYS: `k1:${sealingKeys[0]?.key.toString("base64")}`,
     SERVICE_TOKEN_PUBLIC_KEY: keys.publicKeyPem,
   });
   const session = await buildSession(sessionConfig, { pool, logger: sessionLogger });
@@ -89,6 +98,9 @@ export async function startStack(): Promise<Stack> {
     SESSION_SERVICE_URL: sessionServer.url,
     EVENTS_BACKEND: "postgres",
     EVENTS_DATABASE_URL: database.url,
+    ...(opts.streams?.maxStreamsPerUser
+      ? { MAX_STREAMS_PER_USER: String(opts.streams.maxStreamsPerUser) }
+      : {}),
   });
   const events = await connectEventLog(gatewayConfig.events, {
     name: "gateway",
@@ -99,6 +111,7 @@ export async function startStack(): Promise<Stack> {
     logger: gatewayLogger,
     events: events.events,
     eventsReady: events.ready,
+    ...(opts.streams ? { keepaliveMs: opts.streams.keepaliveMs } : {}),
   });
   const gatewayServer = await listen(gateway.handler, { port: 0, host: "127.0.0.1" });
 
@@ -140,6 +153,7 @@ export async function startStack(): Promise<Stack> {
     hs256Secret,
     serviceKeys: keys,
     db: pool,
+    sealer: new Sealer(sealingKeys),
     logs,
     tokenFor,
     async login(userId: string) {

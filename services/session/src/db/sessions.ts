@@ -19,7 +19,12 @@ export interface SessionRow {
   kilo_token_sealed: string | null;
   env_vars_sealed: string | null;
   env_var_count: number;
+  /** Legacy (seal_version 1): the envelopes as received; re-sealed at start-up. */
   encrypted_secrets: Record<string, unknown>;
+  encrypted_secrets_sealed: string | null;
+  encrypted_secret_count: number;
+  /** 2: every sealed value is bound to session, owner and column. */
+  seal_version: number;
   setup_commands_sealed: string | null;
   setup_command_count: number;
   mcp_servers_sealed: string | null;
@@ -59,6 +64,9 @@ const COLUMNS_OF_NEW: (keyof NewSession)[] = [
   "env_vars_sealed",
   "env_var_count",
   "encrypted_secrets",
+  "encrypted_secrets_sealed",
+  "encrypted_secret_count",
+  "seal_version",
   "setup_commands_sealed",
   "setup_command_count",
   "mcp_servers_sealed",
@@ -105,7 +113,8 @@ export type SessionChanges = Partial<
     | "kilo_token_sealed"
     | "env_vars_sealed"
     | "env_var_count"
-    | "encrypted_secrets"
+    | "encrypted_secrets_sealed"
+    | "encrypted_secret_count"
     | "setup_commands_sealed"
     | "setup_command_count"
     | "mcp_servers_sealed"

@@ -163,7 +163,7 @@ export class CallbackOutbox {
     try {
       return this.deps.sealer.openJson<CallbackTarget>(
         row.target,
-        sealContext(row.session_id, "callback_target"),
+        sealContext({ sessionId: row.session_id, userId: row.user_id }, "callback_target"),
       );
     } catch (err) {
       this.deps.logger.error({ executionId: row.execution_id, err }, "could not open the callback target");

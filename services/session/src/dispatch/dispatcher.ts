@@ -304,20 +304,20 @@ export class Dispatcher {
   /** The sealed configuration is opened here, just before it is handed to the sandbox. */
   private startRequest(session: SessionRow, execution: ExecutionRow, first: boolean): StartExecutionRequest {
     const { sealer } = this.deps;
+    const scope = { sessionId: session.id, userId: session.user_id };
     const open = <T>(column: string, value: string | null, fallback: T): T =>
-      value === null ? fallback : sealer.openJson<T>(value, sealContext(session.id, column));
+      value === null ? fallback : sealer.openJson<T>(value, sealContext(scope, column));
     const openToken = (column: string, value: string | null) =>
-      value === null ? undefined : sealer.open(value, sealContext(session.id, column));
+      value === null ? undefined : sealer.open(value, sealContext(scope, column));
     const mcp = open<Record<string, JsonValue>>("mcp_servers", session.mcp_servers_sealed, {});
     const gitToken =
       session.github_repo !== null
         ? openToken("github_token", session.github_token_sealed)
         : openToken("git_token", session.git_token_sealed);
     const kiloToken = openToken("kilo_token", session.kilo_token_sealed);
-    const secrets = session.encrypted_secrets as Record<
-      string,
-      { encryptedData: string; encryptedDEK: string; algorithm: string; version: number }
-    >;
+    const secrets = open<
+      Record<string, { encryptedData: string; encryptedDEK: string; algorithm: string; version: number }>
+    >("encrypted_secrets", session.encrypted_secrets_sealed, {});
     return create(StartExecutionRequestSchema, {
       executionId: execution.id,
       cloudAgentSessionId: session.id,

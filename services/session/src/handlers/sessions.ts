@@ -43,6 +43,7 @@ import {
   type SessionRow,
   updateSession,
 } from "../db/sessions.js";
+import { admitExecution, DEFAULT_EXECUTION_CAPS, type ExecutionCaps } from "../dispatch/admission.js";
 import type { Dispatcher } from "../dispatch/dispatcher.js";
 import type { SandboxClient } from "../sandbox/client.js";
 
@@ -51,6 +52,8 @@ export interface QueueSettings {
   maxWaiting: number;
   /** A running execution without a heartbeat for this long shows as STALE. */
   heartbeatStaleMs: number;
+  /** Concurrent runs per user and per organization (RESOURCE_EXHAUSTED beyond). */
+  caps: ExecutionCaps;
 }
 
 export interface SessionHandlerDeps {
@@ -64,10 +67,13 @@ export interface SessionHandlerDeps {
   callbackPolicy?: OutboundPolicy;
   /** Accept http:// git URLs (tests and the offline demo); https only otherwise. */
   allowInsecureGit?: boolean;
+  /** Hosts of git/MCP URLs exempt from the address policy (tests, the demo's local git). */
+  outboundAllowHosts?: readonly string[];
 }
 
+import { checkSessionUrls, type SessionUrlPolicy } from "./outbound-urls.js";
 import { notFound, owned } from "./ownership.js";
-import { sealContext } from "./seal-context.js";
+import { SEAL_VERSION, type SealScope, sealContext } from "./seal-context.js";
 
 export { sealContext };
 
@@ -96,6 +102,17 @@ async function queueState(
   return { queueLength: rows.filter((r) => r.status === "queued").length, ...(running ? { running } : {}) };
 }
 
+/** The page token's parts, exactly as ListSessions writes them. */
+const CURSOR_AT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
+const SESSION_ID = /^agent_[0-9a-f-]{36}$/;
+
+/** A UTC time with microseconds that is a real date (no 30 February). */
+function isCursorTime(at: unknown): at is string {
+  if (typeof at !== "string" || !CURSOR_AT.test(at)) return false;
+  const t = new Date(at);
+  return !Number.isNaN(t.getTime()) && t.toISOString().slice(0, 23) === at.slice(0, 23);
+}
+
 function secretsToJson(values: Record<string, EncryptedSecret>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(values)) {
@@ -112,20 +129,21 @@ function secretsToJson(values: Record<string, EncryptedSecret>): Record<string, 
 /** The sealed form of each collection: null when empty (a cleared collection keeps no ciphertext). */
 function sealCollections(
   sealer: Sealer,
-  id: string,
+  scope: SealScope,
   req: Pick<PrepareSessionRequest, "envVars" | "setupCommands" | "mcpServers" | "encryptedSecrets">,
 ): SessionChanges {
   const changes: SessionChanges = {};
   if (req.envVars) {
     const n = Object.keys(req.envVars.values).length;
     changes.env_var_count = n;
-    changes.env_vars_sealed = n > 0 ? sealer.sealJson(req.envVars.values, sealContext(id, "env_vars")) : null;
+    changes.env_vars_sealed =
+      n > 0 ? sealer.sealJson(req.envVars.values, sealContext(scope, "env_vars")) : null;
   }
   if (req.setupCommands) {
     const n = req.setupCommands.values.length;
     changes.setup_command_count = n;
     changes.setup_commands_sealed =
-      n > 0 ? sealer.sealJson(req.setupCommands.values, sealContext(id, "setup_commands")) : null;
+      n > 0 ? sealer.sealJson(req.setupCommands.values, sealContext(scope, "setup_commands")) : null;
   }
   if (req.mcpServers) {
     const entries = Object.entries(req.mcpServers.values);
@@ -134,18 +152,28 @@ function sealCollections(
       entries.length > 0
         ? sealer.sealJson(
             Object.fromEntries(entries.map(([k, v]) => [k, toJson(McpServerSchema, v)])),
-            sealContext(id, "mcp_servers"),
+            sealContext(scope, "mcp_servers"),
           )
         : null;
   }
   if (req.encryptedSecrets) {
-    changes.encrypted_secrets = secretsToJson(req.encryptedSecrets.values);
+    const n = Object.keys(req.encryptedSecrets.values).length;
+    changes.encrypted_secret_count = n;
+    changes.encrypted_secrets_sealed =
+      n > 0
+        ? sealer.sealJson(secretsToJson(req.encryptedSecrets.values), sealContext(scope, "encrypted_secrets"))
+        : null;
   }
   return changes;
 }
 
-function sealToken(sealer: Sealer, id: string, column: string, token: string | undefined): string | null {
-  return token === undefined ? null : sealer.seal(token, sealContext(id, column));
+function sealToken(
+  sealer: Sealer,
+  scope: SealScope,
+  column: string,
+  token: string | undefined,
+): string | null {
+  return token === undefined ? null : sealer.seal(token, sealContext(scope, column));
 }
 
 function newSessionRow(
@@ -157,7 +185,8 @@ function newSessionRow(
 ): NewSession {
   const { sealer } = deps;
   const { id } = ids;
-  const collections = sealCollections(sealer, id, req);
+  const scope = { sessionId: id, userId };
+  const collections = sealCollections(sealer, scope, req);
   return {
     id,
     kilo_session_id: ids.kiloSessionId,
@@ -171,18 +200,24 @@ function newSessionRow(
     model: req.model,
     auto_commit: req.autoCommit ?? null,
     upstream_branch: req.upstreamBranch ?? null,
-    github_token_sealed: sealToken(sealer, id, "github_token", req.githubToken),
-    git_token_sealed: sealToken(sealer, id, "git_token", req.gitToken),
-    kilo_token_sealed: sealToken(sealer, id, "kilo_token", kiloToken),
+    github_token_sealed: sealToken(sealer, scope, "github_token", req.githubToken),
+    git_token_sealed: sealToken(sealer, scope, "git_token", req.gitToken),
+    kilo_token_sealed: sealToken(sealer, scope, "kilo_token", kiloToken),
     env_vars_sealed: collections.env_vars_sealed ?? null,
     env_var_count: collections.env_var_count ?? 0,
-    encrypted_secrets: collections.encrypted_secrets ?? {},
+    encrypted_secrets: {},
+    encrypted_secrets_sealed: collections.encrypted_secrets_sealed ?? null,
+    encrypted_secret_count: collections.encrypted_secret_count ?? 0,
+    seal_version: SEAL_VERSION,
     setup_commands_sealed: collections.setup_commands_sealed ?? null,
     setup_command_count: collections.setup_command_count ?? 0,
     mcp_servers_sealed: collections.mcp_servers_sealed ?? null,
     mcp_server_count: collections.mcp_server_count ?? 0,
     callback_target_sealed: req.callbackTarget
-      ? sealer.sealJson(toJson(CallbackTargetSchema, req.callbackTarget), sealContext(id, "callback_target"))
+      ? sealer.sealJson(
+          toJson(CallbackTargetSchema, req.callbackTarget),
+          sealContext(scope, "callback_target"),
+        )
       : null,
   };
 }
@@ -211,7 +246,7 @@ export function sessionInfo(row: SessionRow, live?: LiveState): SessionInfo {
     ...(row.auto_commit !== null ? { autoCommit: row.auto_commit } : {}),
     ...(row.upstream_branch !== null ? { upstreamBranch: row.upstream_branch } : {}),
     envVarCount: row.env_var_count,
-    encryptedSecretCount: Object.keys(row.encrypted_secrets).length,
+    encryptedSecretCount: row.encrypted_secret_count,
     setupCommandCount: row.setup_command_count,
     mcpServerCount: row.mcp_server_count,
     hasCallbackTarget: row.callback_target_sealed !== null,
@@ -241,10 +276,10 @@ export function sessionInfo(row: SessionRow, live?: LiveState): SessionInfo {
 }
 
 /** The column changes of an UpdateSession request (absent = unchanged, clear = null). */
-function updateChanges(sealer: Sealer, req: UpdateSessionRequest): SessionChanges {
-  const id = req.cloudAgentSessionId;
+function updateChanges(sealer: Sealer, userId: string, req: UpdateSessionRequest): SessionChanges {
+  const scope = { sessionId: req.cloudAgentSessionId, userId };
   const clear = new Set(req.clear);
-  const changes: SessionChanges = sealCollections(sealer, id, req);
+  const changes: SessionChanges = sealCollections(sealer, scope, req);
   if (req.mode !== undefined) changes.mode = req.mode;
   if (clear.has(SessionField.MODE)) changes.mode = null;
   if (req.model !== undefined) changes.model = req.model;
@@ -252,9 +287,10 @@ function updateChanges(sealer: Sealer, req: UpdateSessionRequest): SessionChange
   if (req.autoCommit !== undefined) changes.auto_commit = req.autoCommit;
   if (clear.has(SessionField.AUTO_COMMIT)) changes.auto_commit = null;
   if (req.githubToken !== undefined)
-    changes.github_token_sealed = sealToken(sealer, id, "github_token", req.githubToken);
+    changes.github_token_sealed = sealToken(sealer, scope, "github_token", req.githubToken);
   if (clear.has(SessionField.GITHUB_TOKEN)) changes.github_token_sealed = null;
-  if (req.gitToken !== undefined) changes.git_token_sealed = sealToken(sealer, id, "git_token", req.gitToken);
+  if (req.gitToken !== undefined)
+    changes.git_token_sealed = sealToken(sealer, scope, "git_token", req.gitToken);
   if (clear.has(SessionField.GIT_TOKEN)) changes.git_token_sealed = null;
   return changes;
 }
@@ -263,7 +299,15 @@ export function sessionHandlers(
   deps: SessionHandlerDeps,
 ): Omit<ServiceImpl<typeof SessionService>, "listCallbackDeliveries" | "redeliverCallback"> {
   const { pool } = deps;
-  const queue: QueueSettings = deps.queue ?? { maxWaiting: 10, heartbeatStaleMs: 90_000 };
+  const urlPolicy: SessionUrlPolicy = {
+    allowHttp: deps.allowInsecureGit ?? false,
+    allowHosts: deps.outboundAllowHosts ?? [],
+  };
+  const queue: QueueSettings = deps.queue ?? {
+    maxWaiting: 10,
+    heartbeatStaleMs: 90_000,
+    caps: DEFAULT_EXECUTION_CAPS,
+  };
 
   /** Starts the session's next execution if it can; the id of the one it started. */
   const kick = async (sessionId: string): Promise<string | undefined> => {
@@ -308,6 +352,13 @@ export function sessionHandlers(
     ) {
       throw new ConnectError("git_url: must be an https URL", Code.InvalidArgument);
     }
+    await checkSessionUrls(
+      {
+        ...(req.repository.case === "gitUrl" ? { gitUrl: req.repository.value } : {}),
+        mcpServers: req.mcpServers?.values,
+      },
+      urlPolicy,
+    );
     if (req.callbackTarget && deps.callbackPolicy) {
       // Early refusal of URLs that can never be allowed. A name that does not resolve now
       // is accepted: every delivery checks the addresses again when it connects.
@@ -356,7 +407,8 @@ export function sessionHandlers(
     async updateSession(req, ctx) {
       const { userId } = requireIdentity(ctx.values);
       const id = req.cloudAgentSessionId;
-      const changes = updateChanges(deps.sealer, req);
+      await checkSessionUrls({ mcpServers: req.mcpServers?.values }, urlPolicy);
+      const changes = updateChanges(deps.sealer, userId, req);
       const row = await db("update the session", () =>
         inTransaction(pool, async (tx) => {
           const current = owned(await findSession(tx, id, { forUpdate: true }), id, userId);
@@ -400,8 +452,7 @@ export function sessionHandlers(
             string,
             string,
           ];
-          if (typeof at !== "string" || typeof id !== "string" || Number.isNaN(Date.parse(at)))
-            throw new Error("shape");
+          if (typeof id !== "string" || !SESSION_ID.test(id) || !isCursorTime(at)) throw new Error("shape");
           after = { at, id };
         } catch {
           throw new ConnectError(
@@ -487,6 +538,7 @@ export function sessionHandlers(
               Code.FailedPrecondition,
             );
           }
+          await admitExecution(tx, row, queue.caps);
           const created = await insertExecution(tx, {
             id: newExecutionId(),
             session_id: id,
@@ -498,7 +550,9 @@ export function sessionHandlers(
           await markInitiated(
             tx,
             id,
-            kiloToken ? (sealToken(deps.sealer, id, "kilo_token", kiloToken) ?? undefined) : undefined,
+            kiloToken
+              ? (sealToken(deps.sealer, { sessionId: id, userId }, "kilo_token", kiloToken) ?? undefined)
+              : undefined,
           );
           return created;
         }),
@@ -535,6 +589,7 @@ export function sessionHandlers(
               `session ${id} has no model; give one with the message`,
               Code.FailedPrecondition,
             );
+          await admitExecution(tx, row, queue.caps);
           const created = await insertExecution(tx, {
             id: newExecutionId(),
             session_id: id,
@@ -546,7 +601,7 @@ export function sessionHandlers(
           if (kiloToken) {
             await tx.query("UPDATE session.sessions SET kilo_token_sealed = $2 WHERE id = $1", [
               id,
-              sealToken(deps.sealer, id, "kilo_token", kiloToken),
+              sealToken(deps.sealer, { sessionId: id, userId }, "kilo_token", kiloToken),
             ]);
           }
           return created;
