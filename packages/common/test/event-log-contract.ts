@@ -10,7 +10,7 @@ import {
   HeartbeatEventSchema,
 } from "@kilo-cloud/proto";
 import { describe, expect, it } from "vitest";
-import type { EventLog } from "../src/index.js";
+import { type EventLog, terminalMsgId } from "../src/index.js";
 
 /** What a test harness provides to run the contract against one implementation. */
 export interface EventLogHarness {
@@ -101,6 +101,21 @@ export function eventLogContract(name: string, harness: () => EventLogHarness): 
       expect(a.duplicate).toBe(false);
       const events = await collect(log.read(sid, { storedOnly: true }), 10);
       expect(events).toHaveLength(1);
+    });
+
+    it("keeps one terminal event per execution, whoever publishes it first (the reaper, then the run)", async () => {
+      const log = harness().log();
+      const sid = session();
+      const exec = `exec_${randomUUID()}`;
+      await log.publish({ event: statusEvent(sid, exec, "working"), msgId: `${exec}:0` });
+      const reaped = await log.publish({ event: typedEvent(sid, exec, "error"), msgId: terminalMsgId(exec) });
+      const late = await log.publish({
+        event: typedEvent(sid, exec, "complete"),
+        msgId: terminalMsgId(exec),
+      });
+      expect(late).toEqual({ id: reaped.id, duplicate: true });
+      const events = await collect(log.read(sid, { storedOnly: true }), 10);
+      expect(events.map((e) => e.payload.case)).toEqual(["status", "error"]);
     });
 
     it("replays after fromId, then follows live events with no gap or duplicate", async () => {

@@ -10,6 +10,7 @@ import {
 import { DEFAULT_RETRY_SCHEDULE_MS, parseRetrySchedule } from "./callbacks/retry-schedule.js";
 import { webhookKey } from "./callbacks/standard-webhooks.js";
 import { DEFAULT_EXECUTION_CAPS } from "./dispatch/admission.js";
+import { DEFAULT_DISPATCHER_SETTINGS, DEFAULT_HEARTBEAT_STALE_MS } from "./dispatch/dispatcher.js";
 
 export interface SessionConfig {
   port: number;
@@ -90,8 +91,10 @@ export function loadSessionConfig(env: Env): Readonly<SessionConfig> {
             }),
             maxActivePerOrg: r.int("MAX_RUNNING_PER_ORG", DEFAULT_EXECUTION_CAPS.maxActivePerOrg, { min: 1 }),
             queueExpiryMs: r.int("QUEUE_EXPIRY_MS", 60 * 60_000, { min: 1_000 }),
-            staleAfterMs: r.int("EXECUTION_STALE_MS", 10 * 60_000, { min: 1_000 }),
-            heartbeatStaleMs: r.int("HEARTBEAT_STALE_MS", 90_000, { min: 100 }),
+            staleAfterMs: r.int("EXECUTION_STALE_MS", DEFAULT_DISPATCHER_SETTINGS.staleAfterMs, {
+              min: 1_000,
+            }),
+            heartbeatStaleMs: r.int("HEARTBEAT_STALE_MS", DEFAULT_HEARTBEAT_STALE_MS, { min: 100 }),
             callbackSigningSecret,
             callbackRetryScheduleMs,
             allowInsecureGit: r.bool("GIT_ALLOW_INSECURE", false),

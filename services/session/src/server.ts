@@ -21,7 +21,12 @@ import { SessionService } from "@kilo-cloud/proto";
 import { resealLegacySessions } from "./db/reseal-legacy.js";
 import { DEFAULT_EXECUTION_CAPS, type ExecutionCaps } from "./dispatch/admission.js";
 import { CallbackOutbox, type CallbackSenderLike } from "./dispatch/callback-outbox.js";
-import { DEFAULT_DISPATCHER_SETTINGS, Dispatcher, type DispatcherSettings } from "./dispatch/dispatcher.js";
+import {
+  DEFAULT_DISPATCHER_SETTINGS,
+  DEFAULT_HEARTBEAT_STALE_MS,
+  Dispatcher,
+  type DispatcherSettings,
+} from "./dispatch/dispatcher.js";
 import { startLifecycleConsumer } from "./dispatch/lifecycle.js";
 import { callbackDeliveryHandlers } from "./handlers/callback-deliveries.js";
 import { type QueueSettings, sessionHandlers } from "./handlers/sessions.js";
@@ -101,7 +106,7 @@ export async function createSessionService(deps: SessionServiceDeps): Promise<Se
   let lifecycle: Promise<void> | undefined;
   const queue: QueueSettings = {
     maxWaiting: 10,
-    heartbeatStaleMs: 90_000,
+    heartbeatStaleMs: DEFAULT_HEARTBEAT_STALE_MS,
     ...deps.executions?.queue,
     caps: { ...DEFAULT_EXECUTION_CAPS, ...deps.executions?.queue?.caps },
   };

@@ -6,6 +6,15 @@ export type EventTypeName = NonNullable<Event["payload"]["case"]>;
 
 export const TERMINAL_EVENT_TYPES: readonly EventTypeName[] = ["complete", "error", "interrupted"];
 
+/**
+ * The idempotency key of an execution's terminal event, whoever publishes it (the run, or
+ * the session service's reaper): the event log keeps the first, so an execution never has
+ * two terminal events (JetStream within its duplicate window; the Postgres log always).
+ */
+export function terminalMsgId(executionId: string): string {
+  return `${executionId}:end`;
+}
+
 export interface PublishInput {
   /** The event; its `id` is ignored (the log assigns ids). */
   event: Event;

@@ -1,6 +1,6 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { type EventLog, type Logger, TERMINAL_EVENT_TYPES } from "@kilo-cloud/common";
+import { type EventLog, type Logger, TERMINAL_EVENT_TYPES, terminalMsgId } from "@kilo-cloud/common";
 import { type Event, EventSchema } from "@kilo-cloud/proto";
 import type { SecretMasker } from "../kilo/output.js";
 
@@ -59,7 +59,8 @@ export class ExecutionEvents {
       payload: this.mask(payload),
     });
     const terminal = (TERMINAL_EVENT_TYPES as readonly string[]).includes(payload.case ?? "");
-    this.queue.push({ event, msgId: `${this.executionId}:${this.n++}`, terminal });
+    const msgId = terminal ? terminalMsgId(this.executionId) : `${this.executionId}:${this.n++}`;
+    this.queue.push({ event, msgId, terminal });
     this.pump();
   }
 

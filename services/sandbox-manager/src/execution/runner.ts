@@ -178,6 +178,12 @@ export class ExecutionRunner {
       throw new ExecutionEnded("interrupted");
     };
 
+    // Heartbeats from the start to the end of the run (clone and setup included): the
+    // session service fails an execution whose heartbeats stop for EXECUTION_STALE_MS.
+    const heartbeat = setInterval(
+      () => ev.emit({ case: "heartbeat", value: {} }),
+      settings.heartbeatIntervalMs,
+    );
     try {
       ev.status("Preparing sandbox", "sandbox");
       const sandbox = await driver.ensureSandbox(key);
@@ -318,10 +324,6 @@ export class ExecutionRunner {
       if (entry.interrupted) entry.killReport ??= handle.kill();
 
       let timedOut: string | undefined;
-      const heartbeat = setInterval(
-        () => ev.emit({ case: "heartbeat", value: {} }),
-        settings.heartbeatIntervalMs,
-      );
       const watchdog = setInterval(
         () => {
           const now = Date.now();
@@ -338,7 +340,6 @@ export class ExecutionRunner {
       try {
         result = await handle.result;
       } finally {
-        clearInterval(heartbeat);
         clearInterval(watchdog);
       }
       for (const l of out.end()) onStdout(l.text);
@@ -423,6 +424,7 @@ export class ExecutionRunner {
         }
       }
     } finally {
+      clearInterval(heartbeat);
       await ev
         .flush()
         .catch((err: unknown) => log.error({ err: errorText(err) }, "events could not be stored"));

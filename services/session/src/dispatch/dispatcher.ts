@@ -8,6 +8,7 @@ import {
   type Pool,
   type PoolClient,
   type Sealer,
+  terminalMsgId,
 } from "@kilo-cloud/common";
 import { EventSchema, McpServerSchema } from "@kilo-cloud/proto";
 import { type StartExecutionRequest, StartExecutionRequestSchema } from "@kilo-cloud/proto/sandbox";
@@ -27,9 +28,14 @@ export interface DispatcherSettings {
   sandboxTimeoutMs: number;
 }
 
+/** GetSession calls a running execution STALE after this long without a heartbeat (1.5 intervals). */
+export const DEFAULT_HEARTBEAT_STALE_MS = 45_000;
+
 export const DEFAULT_DISPATCHER_SETTINGS: DispatcherSettings = {
   queueExpiryMs: 60 * 60_000,
-  staleAfterMs: 10 * 60_000,
+  // Three heartbeat intervals (sandbox-manager's HEARTBEAT_INTERVAL_MS, 30 s): a run whose
+  // sandbox or manager is gone ends with an error event and the queue moves on in ~90 s.
+  staleAfterMs: 90_000,
   sweepIntervalMs: 5_000,
   sandboxTimeoutMs: 15_000,
 };
@@ -107,7 +113,7 @@ export class Dispatcher {
     } catch (err) {
       const message = "the session's stored configuration could not be opened";
       await this.finish(execution.id, "failed", message, {}, () =>
-        this.publishError(sessionId, execution.id, "config", message),
+        this.publishError(sessionId, execution.id, message),
       );
       this.deps.logger.error(
         { executionId: execution.id, err: (err as Error).message },
@@ -196,9 +202,7 @@ export class Dispatcher {
         const message = `the message waited longer than ${duration(settings.queueExpiryMs)} in the queue and expired`;
         // The error event goes out before the next message can start, so the stream never
         // shows the next execution ahead of this one's end.
-        await this.finish(e.id, "expired", message, {}, () =>
-          this.publishError(e.session_id, e.id, "expired", message),
-        );
+        await this.finish(e.id, "expired", message, {}, () => this.publishError(e.session_id, e.id, message));
       }
       const stale = await pool.query<{
         id: string;
@@ -219,7 +223,7 @@ export class Dispatcher {
         // before the next message starts: otherwise the next execution's events precede
         // this one's end on the stream, and two runs may share the workspace for a while.
         await this.finish(e.id, "failed", message, {}, async () => {
-          await this.publishError(e.session_id, e.id, "stale", message);
+          await this.publishError(e.session_id, e.id, message);
           await this.deps.sandbox
             .interrupt(
               {
@@ -250,12 +254,7 @@ export class Dispatcher {
   }
 
   /** An `error` event for an execution the session service ended itself. */
-  private async publishError(
-    sessionId: string,
-    executionId: string,
-    reason: string,
-    message: string,
-  ): Promise<void> {
+  private async publishError(sessionId: string, executionId: string, message: string): Promise<void> {
     const event = create(EventSchema, {
       cloudAgentSessionId: sessionId,
       executionId,
@@ -263,7 +262,7 @@ export class Dispatcher {
       payload: { case: "error", value: { error: message } },
     });
     await this.deps.events
-      .publish({ event, msgId: `${executionId}:session:${reason}` })
+      .publish({ event, msgId: terminalMsgId(executionId) })
       .catch((err: unknown) =>
         this.deps.logger.error(
           { executionId, err: (err as Error).message },

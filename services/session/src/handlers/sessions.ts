@@ -44,7 +44,7 @@ import {
   updateSession,
 } from "../db/sessions.js";
 import { admitExecution, DEFAULT_EXECUTION_CAPS, type ExecutionCaps } from "../dispatch/admission.js";
-import type { Dispatcher } from "../dispatch/dispatcher.js";
+import { DEFAULT_HEARTBEAT_STALE_MS, type Dispatcher } from "../dispatch/dispatcher.js";
 import type { SandboxClient } from "../sandbox/client.js";
 
 export interface QueueSettings {
@@ -305,7 +305,7 @@ export function sessionHandlers(
   };
   const queue: QueueSettings = deps.queue ?? {
     maxWaiting: 10,
-    heartbeatStaleMs: 90_000,
+    heartbeatStaleMs: DEFAULT_HEARTBEAT_STALE_MS,
     caps: DEFAULT_EXECUTION_CAPS,
   };
 
