@@ -159,6 +159,9 @@ function loopbackOverrides(service: ServiceName, env: ServiceEnv, lb: Loopback):
     out.KILO_PROVIDER_BASE_URL = lb.modelUrl;
     out.GITHUB_GIT_BASE_URL = lb.gitUrl;
     out.GIT_ALLOW_INSECURE = "true";
+    // The git fixture is on this host's loopback: the fenced sandboxes reach that one port
+    // by an operator's allow entry (the model is reached through the provider relay).
+    out.SANDBOX_EGRESS_ALLOW = new URL(lb.gitUrl).host;
   }
   return out;
 }

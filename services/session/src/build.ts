@@ -52,7 +52,12 @@ export function buildSession(config: SessionConfig, infra: SessionInfra): Promis
             serviceTokenPrivateKey: x.serviceTokenPrivateKey,
             events: infra.events,
             dispatcher: { queueExpiryMs: x.queueExpiryMs, staleAfterMs: x.staleAfterMs, ...infra.dispatcher },
-            queue: { maxWaiting: x.queueMaxWaiting, heartbeatStaleMs: x.heartbeatStaleMs },
+            queue: {
+              maxWaiting: x.queueMaxWaiting,
+              heartbeatStaleMs: x.heartbeatStaleMs,
+              caps: { maxActivePerUser: x.maxActivePerUser, maxActivePerOrg: x.maxActivePerOrg },
+            },
+            outboundAllowHosts: x.outboundAllowHosts,
             ...(callbackPolicy ? { callbackPolicy } : {}),
             allowInsecureGit: x.allowInsecureGit,
             callbackRetryScheduleMs: x.callbackRetryScheduleMs,
