@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ApiException, CoreV1Api } from "@kubernetes/client-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { execCollect } from "../../../services/sandbox-manager/src/drivers/exec-utils.js";
 import {
   kubernetesDriverOptions,
@@ -16,6 +16,7 @@ import { eventually, uniqueSleepSeconds } from "../../../services/sandbox-manage
 import { REPO } from "../helm.js";
 import {
   adminKubeConfig,
+  deleteAllPods,
   deleteNamespace,
   installChartSandboxAccess,
   listPods,
@@ -52,7 +53,10 @@ afterAll(async () => {
   await deleteNamespace(NS);
 });
 
-driverContract("kubernetes on a real cluster, with the chart's RBAC", () => chartDriver());
+describe("the driver contract on a real cluster", () => {
+  driverContract("kubernetes on a real cluster, with the chart's RBAC", () => chartDriver());
+  afterAll(() => deleteAllPods(NS));
+});
 
 describe("the chart's sandbox-manager identity on a real cluster", () => {
   beforeAll(async () => {
@@ -88,11 +92,14 @@ describe("the chart's sandbox-manager identity on a real cluster", () => {
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ApiException);
     expect((err as ApiException<unknown>).code).toBe(403);
-    expect(String((err as ApiException<unknown>).body)).toMatch(/violates PodSecurity "restricted/);
+    const body = (err as ApiException<string>).body;
+    expect((JSON.parse(body) as { message: string }).message).toMatch(/violates PodSecurity "restricted/);
   });
 });
 
 describe("KubernetesDriver on a real cluster", () => {
+  afterEach(() => deleteAllPods(NS));
+
   it("runs the sandbox as admitted: uid 1000, seccomp on, no capabilities, read-only root", async () => {
     const driver = await chartDriver();
     const sandbox = await driver.ensureSandbox({ userId: "restricted" });
@@ -123,7 +130,8 @@ describe("KubernetesDriver on a real cluster", () => {
     const driver = await chartDriver();
     const sandbox = await driver.ensureSandbox({ userId: "image" });
     const run = async (argv: string[]) => {
-      const r = await execCollect(driver, sandbox, { argv, cwd: "/workspace", env: PATH_ENV });
+      const env = { ...PATH_ENV, HOME: "/home/agent_image" };
+      const r = await execCollect(driver, sandbox, { argv, cwd: "/workspace", env });
       expect(r.exitCode, `${argv.join(" ")}: ${r.stderr}`).toBe(0);
       return r.stdout.trim();
     };
