@@ -79,6 +79,12 @@ describe("the chart's sandbox-manager identity on a real cluster", () => {
     expect(await code(core.listNode())).toBe(403);
   });
 
+  it("a driver pointed at another namespace refuses to start, saying why", async () => {
+    await expect(chartDriver({ K8S_SANDBOX_NAMESPACE: "default" })).rejects.toThrow(
+      /cannot list pods in namespace default \(pods is forbidden: User "system:serviceaccount:kilo:/,
+    );
+  });
+
   it("cannot create a pod that breaks the restricted Pod Security Standard", async () => {
     const core = (await chartAccess()).kubeConfig.makeApiClient(CoreV1Api);
     const err = await core
