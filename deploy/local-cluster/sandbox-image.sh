@@ -126,5 +126,5 @@ mkdir -p "$CACHE/images"
 python3 "$HERE/mkimage.py" "$TAR.tmp" "$REF" "$rootfs" \
   '["/bin/sh", "-c", "trap '"'"'exit 0'"'"' TERM INT; sleep infinity & wait"]' "$UID_:$GID_" "$WORKDIR"
 mv "$TAR.tmp" "$TAR"
-ls "$CACHE"/images/sandbox-*.tar | grep -v "$TAR" | xargs -r rm -f   # older builds
+find "$CACHE/images" -name 'sandbox-*.tar' ! -name "sandbox-$HASH.tar" -delete   # older builds
 echo "SANDBOX_IMAGE=$REF"; echo "SANDBOX_IMAGE_TAR=$TAR"
