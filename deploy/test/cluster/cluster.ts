@@ -115,7 +115,10 @@ export async function installChartSandboxAccess(
   return { kubeconfigPath, kubeConfig, env: sandboxManagerEnv(objects) };
 }
 
-/** The literal env the chart gives the sandbox-manager container. */
+/**
+ * The env the chart gives the sandbox-manager container: its ConfigMaps (envFrom) and its
+ * literal values (the Secret-backed ones are not the driver's).
+ */
 export function sandboxManagerEnv(objects: K8sObject[]): Record<string, string> {
   const deployment = objects.find((o) => o.kind === "Deployment" && component(o) === "sandbox-manager");
   const container = deployment?.spec.template.spec.containers.find(
@@ -123,7 +126,11 @@ export function sandboxManagerEnv(objects: K8sObject[]): Record<string, string> 
   );
   if (!container) throw new Error("the chart renders no sandbox-manager container");
   const env: Record<string, string> = {};
-  for (const e of container.env as Array<{ name: string; value?: string }>) {
+  for (const from of (container.envFrom ?? []) as Array<{ configMapRef?: { name: string } }>) {
+    const map = objects.find((o) => o.kind === "ConfigMap" && o.metadata.name === from.configMapRef?.name);
+    Object.assign(env, map?.data ?? {});
+  }
+  for (const e of (container.env ?? []) as Array<{ name: string; value?: string }>) {
     if (e.value !== undefined) env[e.name] = e.value;
   }
   return env;
@@ -156,6 +163,20 @@ export async function deleteNamespace(name: string): Promise<void> {
       }
     },
     `namespace ${name} deleted`,
+    120_000,
+  );
+}
+
+/**
+ * Deletes every pod of a namespace and waits until they are gone: the node has two cores,
+ * and each sandbox pod requests a quarter of one, so tests give their pods back.
+ */
+export async function deleteAllPods(namespace: string): Promise<void> {
+  const core = adminKubeConfig().makeApiClient(CoreV1Api);
+  await core.deleteCollectionNamespacedPod({ namespace, gracePeriodSeconds: 1 });
+  await waitFor(
+    async () => (await listPods(namespace)).length === 0,
+    `the pods of ${namespace} gone`,
     120_000,
   );
 }

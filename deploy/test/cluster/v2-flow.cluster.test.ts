@@ -30,6 +30,11 @@ import {
 const NS = uniqueSandboxNamespace("kc-v2");
 const IDLE_MS = 8_000;
 
+const describeEvents = (events: Event[]) =>
+  JSON.stringify(
+    events.map((e) => e.payload),
+    (_, v) => (typeof v === "bigint" ? v.toString() : v),
+  );
 const steps = (events: Event[]) =>
   events.flatMap((e) => (e.payload.case === "status" ? [e.payload.value.step] : [e.payload.case ?? ""]));
 
@@ -84,7 +89,7 @@ describe("V2 flow with SANDBOX_DRIVER=kubernetes on a real cluster (real kilo)",
       timeoutMs: 240_000,
     });
     const last = events.at(-1);
-    expect(last?.payload.case, JSON.stringify(events.slice(-3))).toBe("complete");
+    expect(last?.payload.case, describeEvents(events.slice(-3))).toBe("complete");
     expect(last?.executionId).toBe(ack.executionId);
     expect(steps(events)).toEqual(expect.arrayContaining(["sandbox", "clone", "setup", "kilo", "kilocode"]));
     // kilo talked to the model from inside the pod.

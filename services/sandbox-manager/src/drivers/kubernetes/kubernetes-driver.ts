@@ -531,9 +531,16 @@ function managedOrThrow(path: string): void {
 
 function errorText(err: unknown): string {
   if (err instanceof ApiException) {
-    const body = err.body as { message?: string } | string | undefined;
-    const message = typeof body === "object" && body?.message ? body.message : `HTTP ${err.code}`;
-    return message;
+    // A real API server's Status arrives as JSON text in client-node 1.4, not as an object.
+    let body = err.body as { message?: string } | string | undefined;
+    if (typeof body === "string") {
+      try {
+        body = JSON.parse(body) as { message?: string };
+      } catch {
+        // not a Status
+      }
+    }
+    return typeof body === "object" && body?.message ? body.message : `HTTP ${err.code}`;
   }
   if (err instanceof Error) return err.message;
   if (err && typeof err === "object" && "message" in err)
