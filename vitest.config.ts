@@ -13,7 +13,6 @@ export default defineConfig({
   },
   test: {
     include: [
-      "cli/**/*.test.ts",
       "app/**/*.test.ts",
       "packages/*/src/**/*.test.ts",
       "packages/*/test/**/*.test.ts",

@@ -4,6 +4,7 @@ import { SessionService } from "../../proto/src/gen/kilocode/cloudagent/v1/sessi
 import type { Event } from "../../proto/src/gen/kilocode/cloudagent/v1/stream_pb.js";
 import { StreamService } from "../../proto/src/gen/kilocode/cloudagent/v1/stream_pb.js";
 import { type AuthOptions, authInterceptor } from "./auth.js";
+import { unavailableOnNetworkError } from "./network.js";
 import { type RetryOptions, retryInterceptor } from "./retry.js";
 import { type SubscribeOptions, subscribeEvents } from "./subscribe.js";
 
@@ -44,7 +45,7 @@ export function createKiloCloudClient(options: KiloCloudClientOptions): KiloClou
     : createConnectTransport({
         baseUrl: options.baseUrl,
         interceptors,
-        ...(options.fetch ? { fetch: options.fetch } : {}),
+        fetch: unavailableOnNetworkError(options.fetch ?? ((input, init) => globalThis.fetch(input, init))),
       });
   const stream = createClient(StreamService, transport);
   return {

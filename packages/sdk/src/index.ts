@@ -3,6 +3,7 @@
  * generated from proto/) and a typed client for it.
  */
 
+export { create, fromJson, toJson } from "@bufbuild/protobuf";
 export { timestampDate } from "@bufbuild/protobuf/wkt";
 // What callers need to handle errors and timestamps without depending on Connect directly.
 export { Code, ConnectError } from "@connectrpc/connect";

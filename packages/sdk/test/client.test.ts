@@ -195,3 +195,22 @@ describe("subscribe", () => {
     expect(ids).toEqual([1n]);
   });
 });
+
+describe("over fetch", () => {
+  it("reports a server it cannot reach as UNAVAILABLE and retries an idempotent call", async () => {
+    let calls = 0;
+    const client = createKiloCloudClient({
+      baseUrl: "http://127.0.0.1:1",
+      token: "t",
+      retry: { baseDelayMs: 1, maxDelayMs: 2 },
+      fetch: async () => {
+        calls++;
+        throw new TypeError("fetch failed");
+      },
+    });
+    await expect(client.sessions.getSession({ cloudAgentSessionId: "agent_1" })).rejects.toMatchObject({
+      code: Code.Unavailable,
+    });
+    expect(calls).toBe(4);
+  });
+});
