@@ -47,6 +47,7 @@ const OPTIONS_HELP = `options:
   --url URL              the service (env KILO_CLOUD_URL; default http://127.0.0.1:8080)
   --token TOKEN          your bearer token (env KILO_TOKEN)
   --internal-key KEY     backend key for prepare (env KILO_INTERNAL_KEY)
+                         (env KILO_GITHUB_TOKEN: a GitHub token for run --repo, without a GitHub App)
   --config FILE          a JSON file with {url, token, internalKey}
                          (default: $KILO_CLOUD_DATA_DIR/cli.json, ./.kilo-cloud/cli.json, ~/.config/kilo-cloud/config.json)
   --json                 print raw events as JSON lines

@@ -123,6 +123,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
           : { case: "gitUrl", value: flags["git-url"] ?? "" },
         ...(flags.branch ? { upstreamBranch: flags.branch } : {}),
         ...(flags["auto-commit"] ? { autoCommit: true } : {}),
+        // A GitHub token for --repo when the deployment has no GitHub App (never a flag: argv is visible).
+        ...(flags.repo && io.env.KILO_GITHUB_TOKEN ? { githubToken: io.env.KILO_GITHUB_TOKEN } : {}),
       });
       const ack = await sessions.initiateSession({ cloudAgentSessionId: prepared.cloudAgentSessionId });
       if (!json) io.err(`session ${prepared.cloudAgentSessionId} (execution ${ack.executionId})`);
