@@ -107,6 +107,12 @@ describe("the SDK and the CLI as installed from their packages", { timeout: 600_
   it("runs the installed kilo-cloud: --version, and run to the end, printing the events", async () => {
     const bin = join(app, "node_modules", ".bin", "kilo-cloud");
     expect((await run(bin, ["--version"], { cwd: app, env: userEnv({}) })).stdout.trim()).toBe("0.1.0");
+    expect((await run(bin, ["run", "--help"], { cwd: app, env: userEnv({}) })).stdout).toMatch(
+      /^usage: kilo-cloud run /,
+    );
+    expect((await run(bin, ["completion", "zsh"], { cwd: app, env: userEnv({}) })).stdout).toContain(
+      "compdef _kilo_cloud kilo-cloud",
+    );
     const token = await stack.login("pack-cli-user");
     const { stdout, stderr } = await run(
       bin,
