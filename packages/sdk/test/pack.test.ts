@@ -80,6 +80,31 @@ describe("the SDK and the CLI as installed from their packages", { timeout: 600_
       expect(lock).not.toContain(`"node_modules/${server}"`);
   });
 
+  it("gives TypeScript users types through the exports map", async () => {
+    writeFileSync(
+      join(app, "typed.ts"),
+      [
+        'import { createKiloCloudClient, type Event, EventType, SessionState } from "@kilo-cloud/sdk";',
+        'const kilo = createKiloCloudClient({ baseUrl: "http://127.0.0.1:8080", getToken: async () => "t" });',
+        "export async function last(id: string): Promise<Event | undefined> {",
+        "  let seen: Event | undefined;",
+        "  for await (const e of kilo.subscribe(id, { types: [EventType.COMPLETE], fromId: 1n })) seen = e;",
+        "  const { session } = await kilo.sessions.getSession({ cloudAgentSessionId: id });",
+        "  return session?.state === SessionState.INITIATED ? seen : undefined;",
+        "}",
+        "// @ts-expect-error: a typo in a request field is a type error",
+        'kilo.sessions.getSession({ cloudAgentSessionID: "x" });',
+      ].join("\n"),
+    );
+    // The repository's compiler as a tool; the types come from the installed package only.
+    const tsc = join(ROOT, "node_modules", "typescript", "bin", "tsc");
+    const flags = ["--noEmit", "--strict", "--module", "nodenext", "--moduleResolution", "nodenext"];
+    await run("node", [tsc, ...flags, "--target", "es2022", "--lib", "es2023,dom", "typed.ts"], {
+      cwd: app,
+      timeout: 120_000,
+    });
+  });
+
   it("runs the README's SDK example against a running system", async () => {
     writeFileSync(join(app, "example.mjs"), readmeExample());
     const token = await stack.login("pack-user");
