@@ -47,9 +47,10 @@ describe("the SDK and the CLI as installed from their packages", { timeout: 600_
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), "kc-pack-"));
     app = join(work, "app");
-    await run("npm", ["run", "build:client"], { cwd: ROOT, timeout: 300_000 });
+    await run("npm", ["run", "build:client"], { cwd: ROOT, env: userEnv({}), timeout: 300_000 });
     await run("npm", ["pack", "-w", "@kilo-cloud/sdk", "-w", "@kilo-cloud/cli", "--pack-destination", work], {
       cwd: ROOT,
+      env: userEnv({}),
       timeout: 120_000,
     });
     const tarballs = readdirSync(work).filter((f) => f.endsWith(".tgz"));
@@ -66,11 +67,12 @@ describe("the SDK and the CLI as installed from their packages", { timeout: 600_
       { cwd: app, env: userEnv({}), timeout: 300_000 },
     );
     stack = await startFullStack({ kilo: { replay: "stream-write-tool.jsonl" } });
-  });
+  }, 600_000); // two compilations, a pack and an install: slow on a cold cache and a busy machine
+
   afterAll(async () => {
     await stack?.[Symbol.asyncDispose]();
     if (work) rmSync(work, { recursive: true, force: true });
-  });
+  }, 120_000);
 
   it("installs nothing of the server, only the client and its dependencies", () => {
     const installed = readdirSync(join(app, "node_modules", "@kilo-cloud")).sort();
