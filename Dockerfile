@@ -18,6 +18,8 @@ WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
 COPY packages/common/package.json packages/common/
 COPY packages/proto/package.json packages/proto/
+COPY packages/sdk/package.json packages/sdk/
+COPY packages/cli/package.json packages/cli/
 COPY packages/testing/package.json packages/testing/
 COPY services/gateway/package.json services/gateway/
 COPY services/session/package.json services/session/

@@ -1,9 +1,18 @@
+import { fileURLToPath } from "node:url";
 import { configDefaults, defineConfig } from "vitest/config";
 
 export default defineConfig({
+  // The SDK is built for users (dist/); tests run its sources, never a stale build.
+  resolve: {
+    alias: [
+      {
+        find: /^@kilo-cloud\/sdk$/,
+        replacement: fileURLToPath(new URL("packages/sdk/src/index.ts", import.meta.url)),
+      },
+    ],
+  },
   test: {
     include: [
-      "cli/**/*.test.ts",
       "app/**/*.test.ts",
       "packages/*/src/**/*.test.ts",
       "packages/*/test/**/*.test.ts",

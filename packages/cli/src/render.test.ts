@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { type Event, EventSchema, OutputSource } from "@kilo-cloud/proto";
+import { type Event, EventSchema, OutputSource } from "@kilo-cloud/sdk";
 import { capturedKiloStream } from "@kilo-cloud/testing";
 import { describe, expect, it } from "vitest";
 import { eventJson, exitCodeOf, Renderer } from "./render.js";

@@ -1,5 +1,4 @@
-import { toJson } from "@bufbuild/protobuf";
-import { type Event, EventSchema, OutputSource } from "@kilo-cloud/proto";
+import { type Event, EventSchema, OutputSource, toJson } from "@kilo-cloud/sdk";
 
 /**
  * Turns a session's events into lines a person reads: infrastructure steps, one line per
