@@ -80,9 +80,12 @@ describe("chaos: sandbox-manager killed mid-run", { timeout: 600_000 }, () => {
     );
 
     // kilo of the first run is waiting on the model: take its manager away (SIGKILL).
-    await system.model.waitForRequest((r) => (r.body?.messages ?? []).some((m) => messageText(m).includes("HANG")), {
-      timeoutMs: 240_000,
-    });
+    await system.model.waitForRequest(
+      (r) => (r.body?.messages ?? []).some((m) => messageText(m).includes("HANG")),
+      {
+        timeoutMs: 240_000,
+      },
+    );
     const killedAt = Date.now();
     await system.services["sandbox-manager"].kill();
     await system.services["sandbox-manager"].start();
