@@ -251,9 +251,11 @@ export async function startLocalSystem(opts: LocalSystemOptions): Promise<LocalS
       databaseUrl = pg.url;
       embedded = true;
     }
-    // One pool and one event log for the four services (PGlite serves few connections).
+    // One pool and one event log for the four services. Embedded, ONE connection: PGlite
+    // runs one transaction at a time, and pglite-socket would interleave the messages of
+    // concurrent connections inside a transaction; one connection cannot interleave.
     const pool: Pool = createPool(databaseUrl, {
-      max: embedded ? 16 : 20,
+      max: embedded ? 1 : 20,
       applicationName: "kilo-cloud-local",
     });
     cleanup.push(() => pool.end());
