@@ -74,6 +74,10 @@ describe("npm start serves the hosted product's API", { timeout: 240_000 }, () =
     const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), KILO_CLOUD_DATA_DIR: dataDir };
     env.LOG_LEVEL = "warn";
     env.GIT_ALLOW_INSECURE = "true";
+    // The git fixture is on loopback: the session service accepts its URL, and the fenced
+    // sandboxes reach that one port, as an operator would allow a local git server.
+    env.SESSION_OUTBOUND_ALLOW_HOSTS = "127.0.0.1";
+    env.SANDBOX_EGRESS_ALLOW = new URL(git.url).host;
     delete env.DATABASE_URL;
     delete env.NATS_URL;
     proc = await startSystem(env);
