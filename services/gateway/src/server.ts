@@ -18,7 +18,12 @@ import {
   type ServerLimits,
   type UserTokenConfig,
 } from "@kilo-cloud/common";
-import { CreateStreamTicketResponseSchema, SessionService, StreamService } from "@kilo-cloud/proto";
+import {
+  BACKEND_ONLY_SESSION_METHODS,
+  CreateStreamTicketResponseSchema,
+  SessionService,
+  StreamService,
+} from "@kilo-cloud/proto";
 import {
   callerOf,
   forwardingSessionHandlers,
@@ -37,15 +42,7 @@ import type { PumpSettings } from "./stream-ws/pump.js";
 /** Must match the session service's audience. */
 const SESSION_AUDIENCE = "kilo-cloud-session";
 
-const INTERNAL_METHODS = new Set(
-  [
-    "PrepareSession",
-    "PrepareLegacySession",
-    "UpdateSession",
-    "ListCallbackDeliveries",
-    "RedeliverCallback",
-  ].map((m) => `${SessionService.typeName}/${m}`),
-);
+const INTERNAL_METHODS = BACKEND_ONLY_SESSION_METHODS;
 /** Subscribe authenticates in its handler: a stream ticket or a bearer token. */
 const PUBLIC_METHODS = new Set([`${StreamService.typeName}/Subscribe`]);
 

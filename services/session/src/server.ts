@@ -17,7 +17,7 @@ import {
   Sealer,
   type SealingKey,
 } from "@kilo-cloud/common";
-import { SessionService } from "@kilo-cloud/proto";
+import { BACKEND_ONLY_SESSION_METHODS, SessionService } from "@kilo-cloud/proto";
 import { resealLegacySessions } from "./db/reseal-legacy.js";
 import { DEFAULT_EXECUTION_CAPS, type ExecutionCaps } from "./dispatch/admission.js";
 import { CallbackOutbox, type CallbackSenderLike } from "./dispatch/callback-outbox.js";
@@ -38,16 +38,7 @@ export const SESSION_SERVICE_AUDIENCE = "kilo-cloud-session";
 
 export const MIGRATIONS_DIR = fileURLToPath(new URL("./migrations", import.meta.url));
 
-/** Methods only backends may call (the gateway checked the internal API key). */
-const INTERNAL_METHODS = new Set(
-  [
-    "PrepareSession",
-    "PrepareLegacySession",
-    "UpdateSession",
-    "ListCallbackDeliveries",
-    "RedeliverCallback",
-  ].map((m) => `${SessionService.typeName}/${m}`),
-);
+const INTERNAL_METHODS = BACKEND_ONLY_SESSION_METHODS;
 
 export interface ExecutionDeps {
   /** sandbox-manager's base URL and the key this service signs its calls with. */
