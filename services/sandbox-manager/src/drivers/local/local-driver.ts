@@ -1,6 +1,19 @@
 import { type ChildProcessByStdio, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmod, chown, lstat, mkdir, mkdtemp, realpath, rename, stat, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  chown,
+  copyFile,
+  link,
+  lstat,
+  mkdir,
+  mkdtemp,
+  realpath,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import type { Readable, Writable } from "node:stream";
@@ -162,7 +175,7 @@ export class LocalDriver implements Driver {
     const layout = await readHostLayout({
       passwdFile,
       groupFile,
-      kiloBinary: opts.kiloBinary,
+      kiloBinary: opts.kiloBinary === undefined ? undefined : await stageKiloBinary(root, opts.kiloBinary),
       extraReadOnlyBinds: opts.extraReadOnlyBinds,
     });
 
@@ -612,4 +625,25 @@ async function writeAtomically(path: string, content: string): Promise<void> {
   const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
   await writeFile(tmp, content, { mode: 0o644 });
   await rename(tmp, path);
+}
+
+/**
+ * The kilo binary where every sandbox's own host user can reach it: `<root>/bin/kilo`
+ * (0755). bwrap binds it as that user, and the binary's own location (e.g. inside a checkout
+ * in a 0700 directory) may not be enterable by others. A hard link when the file system
+ * allows, a copy otherwise; kept while it matches the source.
+ */
+async function stageKiloBinary(root: string, source: string): Promise<string> {
+  const dir = join(root, "bin");
+  await mkdir(dir, { recursive: true, mode: 0o755 });
+  await chmod(dir, 0o755);
+  const dest = join(dir, "kilo");
+  const [src, staged] = await Promise.all([stat(source), stat(dest).catch(() => undefined)]);
+  if (staged && staged.size === src.size && staged.mtimeMs >= src.mtimeMs) return dest;
+  const tmp = `${dest}.${process.pid}.tmp`;
+  await rm(tmp, { force: true });
+  await link(source, tmp).catch(() => copyFile(source, tmp));
+  await chmod(tmp, 0o755);
+  await rename(tmp, dest);
+  return dest;
 }
